@@ -1,0 +1,96 @@
+"""The Flower ClientApp: local SGD on the client's partition, then the configured defense (a mod).
+
+`build_client_app(cfg)` builds it from a plain config dict; the module-level `app` builds it from
+`context.run_config["overrides"]` (Hydra overrides) for `flwr run` and the deployment engine.
+In simulation the server asks for an audit record (`config["audit"]`): the client then attaches its
+ground truth (labels per step, soft labels, inputs when asked) for scoring attacks.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedsim.audit import encode_truth
+from fedsim.defense_mod import make_defense_mod
+from fedsim.factory import build_defense, build_task, resolve_device
+from fedsim.tasks.base import TrainConfig
+
+__all__ = ["build_client_app", "app"]
+
+
+def _partition(context: Context) -> tuple[int, int]:
+    node = context.node_config
+    if "partition-id" not in node or "num-partitions" not in node:
+        raise ValueError(
+            "this SuperNode has no partition: start it with "
+            "--node-config 'partition-id=<i> num-partitions=<n>'"
+        )
+    return int(node["partition-id"]), int(node["num-partitions"])
+
+
+def build_client_app(cfg: dict) -> ClientApp:
+    """The ClientApp for the resolved config `cfg` (a plain, picklable dict)."""
+    task = build_task(cfg)
+    spec = task.model_spec()
+    trainable = frozenset(name for name, _ in spec.build().named_parameters())
+    defense = build_defense(cfg)
+    threads = cfg.get("backend", {}).get("client_threads")
+    app = ClientApp()
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        pid, nparts = _partition(context)
+        record = ConfigRecord({"partition-id": pid, "num-partitions": nparts})
+        return Message(RecordDict({"meta": record}), reply_to=msg)
+
+    @app.train(mods=[make_defense_mod(defense, trainable)])
+    def train(msg: Message, context: Context) -> Message:
+        if threads:
+            torch.set_num_threads(int(threads))
+        start = time.perf_counter()
+        pid, nparts = _partition(context)
+        config = msg.content["config"]
+        train_config = TrainConfig.from_record({**config, "round": config["server-round"]})
+        model = spec.build()
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        result = task.local_train(model, pid, nparts, train_config, resolve_device(cfg["device"]))
+        metrics = {"num-examples": result.num_examples, **result.metrics}
+        metrics["train_seconds"] = time.perf_counter() - start
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord(model.cpu().state_dict()),
+                "metrics": MetricRecord(metrics),
+                "meta": ConfigRecord({"partition-id": pid}),
+            }
+        )
+        if config.get("audit", False):
+            content["audit"] = ConfigRecord({"truth": encode_truth(result.truth)})
+        return Message(content, reply_to=msg)
+
+    return app
+
+
+@lru_cache(maxsize=4)
+def _app_for(overrides: str) -> ClientApp:
+    from fedsim.config import compose_config
+
+    return build_client_app(compose_config(overrides.split()))
+
+
+def _deployed(msg: Message, context: Context) -> Message:
+    return _app_for(str(context.run_config.get("overrides", "")))(msg, context)
+
+
+class _LazyClientApp(ClientApp):
+    """Builds the real ClientApp on first use, from the run config's Hydra overrides."""
+
+    def __call__(self, message: Message, context: Context) -> Message:
+        return _deployed(message, context)
+
+
+app = _LazyClientApp()

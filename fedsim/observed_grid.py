@@ -1,0 +1,63 @@
+"""A Grid wrapper that shows every train reply to the `Observer` before the strategy aggregates.
+
+It composes with any strategy (FedAvg, FedProx, Krum, ...): the strategy calls
+`send_and_receive`, the wrapper records the global model and config sent to each node, lets the
+observer attack the replies, and returns only the replies that may be aggregated. Node ids are
+listed in partition order, so a seeded `random` gives the same client sample on every run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from flwr.app import Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedsim.observer import Observer
+
+__all__ = ["ObservedGrid"]
+
+
+class ObservedGrid(Grid):
+    def __init__(self, inner: Grid, observer: Observer, partition_of: Mapping[int, int]) -> None:
+        self._inner, self.observer, self.partition_of = inner, observer, dict(partition_of)
+
+    # Plain delegation.
+    def set_run(self, run) -> None:
+        self._inner.set_run(run)
+
+    @property
+    def run(self):
+        return self._inner.run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl=None):
+        return self._inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._inner.pull_messages(message_ids)
+
+    def get_node_ids(self) -> list[int]:
+        """Known nodes, sorted by partition id (the order sampling draws from)."""
+        nodes = [n for n in self._inner.get_node_ids() if n in self.partition_of]
+        return sorted(nodes, key=self.partition_of.__getitem__)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):
+        messages = list(messages)
+        sent, round_ = {}, 0
+        for m in messages:
+            if m.metadata.message_type.split(".")[0] == MessageType.TRAIN:
+                config = dict(m.content["config"])
+                sent[m.metadata.dst_node_id] = (m.content["arrays"], config)
+                round_ = int(config.get("server-round", 0))
+        replies = list(self._inner.send_and_receive(messages, timeout=timeout))
+        if not sent:
+            return replies
+        train = [r for r in replies if r.metadata.src_node_id in sent]
+        others = [r for r in replies if r.metadata.src_node_id not in sent]
+        missing = len(sent) - len(train)
+        kept = self.observer.observe(round_, sent, train, self.partition_of)
+        self.observer.round_stats["failures"] += missing  # no reply before the timeout
+        return kept + others

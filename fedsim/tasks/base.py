@@ -1,0 +1,95 @@
+"""The task interface: data, model, local training and evaluation for one kind of problem.
+
+A task is built once per process from the config (`fedsim.tasks.build_task(cfg)`); the client app
+calls `local_train` on its partition, the server calls `evaluate` on the global model. Tasks know
+nothing of Flower.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import torch
+
+from fedsim.update import ModelSpec, Truth
+
+__all__ = ["TrainConfig", "TrainResult", "Task"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The train config the server sends each round (all plain scalars, as Flower sends them).
+
+    Attributes:
+        round: server round (1-based); seeds the client's batch sampling with `seed`.
+        lr: SGD learning rate (no momentum, no weight decay).
+        local_steps: K, the number of SGD steps per round.
+        batch_size: N, the samples (or utterances) per step.
+        label_smoothing: epsilon in [0, 1); 0 means one-hot targets.
+        mixup_alpha: Beta(alpha, alpha) for mixup weights; 0 disables mixup.
+        seed: the run's seed.
+        keep_inputs: attach the raw inputs (and last-layer features) to the audit record, for
+            scoring reconstructions.
+    """
+
+    round: int
+    lr: float
+    local_steps: int
+    batch_size: int
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
+    seed: int = 0
+    keep_inputs: bool = False
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> TrainConfig:
+        names = cls.__dataclass_fields__.keys()
+        return cls(**{k: record[k] for k in names if k in record})
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What local training produced.
+
+    Attributes:
+        num_examples: samples used (N * K).
+        metrics: scalar training metrics (e.g. "train_loss", mean over the K steps).
+        truth: the audit record (ground truth for scoring attacks; simulation only).
+    """
+
+    num_examples: int
+    metrics: dict[str, float]
+    truth: Truth
+
+
+class Task(Protocol):
+    """One kind of federated problem (image classification, speech recognition)."""
+
+    name: str
+
+    def model_spec(self) -> ModelSpec:
+        """The architecture the server distributes (also builds fresh models)."""
+        ...
+
+    def local_train(
+        self,
+        model: torch.nn.Module,
+        partition_id: int,
+        num_partitions: int,
+        config: TrainConfig,
+        device: torch.device,
+    ) -> TrainResult:
+        """Train `model` in place for `config.local_steps` SGD steps of `config.batch_size`
+        samples drawn from this client's partition (deterministic in seed, round and partition).
+        """
+        ...
+
+    def evaluate(self, model: torch.nn.Module, device: torch.device) -> dict[str, float]:
+        """Metrics of the global model on the test split: at least "loss", plus "accuracy"
+        (image) or "wer" (speech)."""
+        ...

@@ -1,0 +1,143 @@
+"""The data an attack sees (`ServerView`) and the data only the scorer sees (`Truth`).
+
+This module depends on torch and the standard library only, so `attacks` and `defenses` can use
+these types without importing Flower.
+
+Sign convention: `ServerView.update[name] = after - before` for every parameter (the weights the
+client sent minus the weights the server sent). For plain SGD with learning rate `lr`, the
+pseudo-gradient `-update / lr` is the sum of the K local steps' gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["ModelSpec", "ServerView", "Truth", "frozen_tensors"]
+
+
+def frozen_tensors(tensors: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """A read-only mapping of detached copies (attacks cannot alter what later attacks see)."""
+    return MappingProxyType({k: v.detach().clone() for k, v in tensors.items()})
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the server knows about the architecture it distributes.
+
+    Attributes:
+        task: "image" or "asr".
+        name: model name from the config (e.g. "lenet").
+        num_classes: C, the output size of the last layer (classes or word pieces).
+        last_weight: parameter name of the last linear layer's weight, layout `(C, d)`.
+        last_bias: parameter name of its bias `(C,)`, or None when the layer has none.
+        build: returns a fresh `nn.Module` of this architecture (weights arbitrary; load a
+            state dict to get the global model).
+        input_shape: shape of one input sample, e.g. `(1, 28, 28)`; None for variable-length input.
+        extras: task-specific facts (e.g. special token ids for ASR).
+    """
+
+    task: str
+    name: str
+    num_classes: int
+    last_weight: str
+    last_bias: str | None
+    build: Callable[[], torch.nn.Module]
+    input_shape: tuple[int, ...] | None = None
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServerView:
+    """Everything an honest-but-curious server has about one client's reply. No ground truth.
+
+    Attributes:
+        round: server round, starting at 1.
+        client_id: the client's partition id (stable across runs, unlike Flower node ids).
+        global_model: the state dict the server sent (read-only copies).
+        update: `after - before` for every parameter, same keys and shapes as `global_model`.
+        train_config: the train config the server sent (lr, local_steps K, batch_size N, ...).
+        num_examples: the number of examples the client reported.
+        model: the architecture (`ModelSpec`).
+    """
+
+    round: int
+    client_id: int
+    global_model: Mapping[str, torch.Tensor]
+    update: Mapping[str, torch.Tensor]
+    train_config: Mapping[str, Any]
+    num_examples: int
+    model: ModelSpec
+
+    @property
+    def lr(self) -> float:
+        return float(self.train_config["lr"])
+
+    @property
+    def local_steps(self) -> int:
+        return int(self.train_config["local_steps"])
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.train_config["batch_size"])
+
+    def last_layer_update(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The last linear layer's `(weight, bias)` update, `after - before`; shapes (C, d), (C,)."""
+        spec = self.model
+        bias = self.update[spec.last_bias] if spec.last_bias else None
+        return self.update[spec.last_weight], bias
+
+    def pseudo_gradient(self, name: str) -> torch.Tensor:
+        """`(before - after) / lr` for parameter `name`: the sum of the local steps' gradients."""
+        return -self.update[name] / self.lr
+
+    def global_module(self) -> torch.nn.Module:
+        """A fresh module holding the global model that was sent (eval mode)."""
+        module = self.model.build()
+        module.load_state_dict(dict(self.global_model))
+        return module.eval()
+
+
+@dataclass(frozen=True)
+class Truth:
+    """A client's audit record, used only to score findings. Never passed to an attack.
+
+    Attributes:
+        labels: `(K, N)` int array, the hard label of every sample of every local step
+            (for mixup: the label of the first image of each pair). For ASR: empty.
+        soft_labels: `(K, N, C)` float array of the training targets (label smoothing, mixup);
+            None when targets were one-hot.
+        tokens: for ASR, per step, per utterance, the token ids of the target sequence
+            (without padding); None for images.
+        inputs: `(K, N, ...)` float array of the inputs, when the run asked to keep them for
+            scoring reconstructions; None otherwise.
+        features: `(K, N, d)` float array of the last layer's inputs when kept; None otherwise.
+    """
+
+    labels: np.ndarray
+    soft_labels: np.ndarray | None = None
+    tokens: tuple[tuple[tuple[int, ...], ...], ...] | None = None
+    inputs: np.ndarray | None = None
+    features: np.ndarray | None = None
+
+    @property
+    def label_set(self) -> tuple[int, ...]:
+        """Sorted distinct labels over all steps (word-piece ids for ASR)."""
+        if self.tokens is not None:
+            return tuple(sorted({t for step in self.tokens for utt in step for t in utt}))
+        return tuple(sorted(set(np.asarray(self.labels).ravel().tolist())))
+
+    @property
+    def label_counts(self) -> dict[int, int]:
+        """How many times each label occurs over all steps (tokens for ASR)."""
+        if self.tokens is not None:
+            flat = [t for step in self.tokens for utt in step for t in utt]
+        else:
+            flat = np.asarray(self.labels).ravel().tolist()
+        values, counts = np.unique(np.asarray(flat, dtype=np.int64), return_counts=True)
+        return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
