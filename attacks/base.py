@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from fedsim.update import ServerView, Truth
 
-__all__ = ["Attack", "Finding", "OK", "NOT_APPLICABLE", "ERROR", "not_applicable"]
+__all__ = ["ERROR", "NOT_APPLICABLE", "OK", "Attack", "Finding", "not_applicable"]
 
 OK = "ok"
 NOT_APPLICABLE = "not_applicable"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-__all__ = ["label_set_scores", "count_l1"]
+__all__ = ["count_l1", "label_set_scores"]
 
 
 def label_set_scores(predicted: Iterable[int], truth: Iterable[int]) -> dict[str, float]:

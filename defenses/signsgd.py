@@ -20,7 +20,9 @@ class SignSGD:
 
     def __init__(self, scale: float | None = None) -> None:
         if scale is not None and not scale > 0:
-            raise ValueError(f"Sign-SGD scale must be > 0 (or null for the learning rate), got {scale}")
+            raise ValueError(
+                f"Sign-SGD scale must be > 0 (or null for the learning rate), got {scale}"
+            )
         self.scale = scale
 
     def __call__(self, update: dict[str, Tensor], state: dict) -> dict[str, Tensor]:

@@ -12,7 +12,7 @@ import numpy as np
 
 from fedsim.update import Truth
 
-__all__ = ["encode_truth", "decode_truth"]
+__all__ = ["decode_truth", "encode_truth"]
 
 
 def encode_truth(truth: Truth) -> bytes:

@@ -1,8 +1,8 @@
 """`fedsim`: run one experiment (or a Hydra multirun sweep) and print its summary.
 
-    fedsim                                   # the default experiment (conf/config.yaml)
-    fedsim model=resnet18 defense=signsgd fl.rounds=5
-    fedsim -m backend=inline defense=none,signsgd,graddrop
+fedsim                                   # the default experiment (conf/config.yaml)
+fedsim model=resnet18 defense=signsgd fl.rounds=5
+fedsim -m backend=inline defense=none,signsgd,graddrop
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from fedsim.defense_mod import make_defense_mod
 from fedsim.factory import build_defense, build_task, resolve_device
 from fedsim.tasks.base import TrainConfig
 
-__all__ = ["build_client_app", "app"]
+__all__ = ["app", "build_client_app"]
 
 
 def _partition(context: Context) -> tuple[int, int]:

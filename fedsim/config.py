@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["CONF_DIR", "ConfigError", "compose_config", "check_overrides", "validate_config"]
+__all__ = ["CONF_DIR", "ConfigError", "check_overrides", "compose_config", "validate_config"]
 
 CONF_DIR = Path(__file__).parent / "conf"
 GROUPS = ("task", "model", "attack", "defense", "fl", "backend", "experiment")
@@ -94,7 +94,7 @@ def _check_key(cfg: DictConfig, key: str) -> None:
             return  # inside a list or leaf value: let Hydra judge
         if part not in node:
             where = ".".join(parts[:depth]) or "the top level"
-            valid = sorted(k for k in node.keys() if k != "hydra")
+            valid = sorted(k for k in node if k != "hydra")
             close = difflib.get_close_matches(part, valid, n=1)
             hint = f" Did you mean {'.'.join([*parts[:depth], close[0]])!r}?" if close else ""
             extra = " To add a new key use +key=value." if depth == 0 else ""
@@ -124,13 +124,20 @@ def validate_config(cfg: DictConfig | dict) -> dict[str, Any]:
     _require(int(fl["clients"]) >= 1, f"fl.clients must be >= 1, got {fl['clients']}")
     _require(0 < float(fl["fraction"]) <= 1, f"fl.fraction must be in (0, 1], got {fl['fraction']}")
     _require(float(fl["lr"]) > 0, f"fl.lr must be > 0, got {fl['lr']}")
-    _require(int(fl["local_steps"]) >= 1, f"fl.local_steps (K) must be >= 1, got {fl['local_steps']}")
+    _require(
+        int(fl["local_steps"]) >= 1, f"fl.local_steps (K) must be >= 1, got {fl['local_steps']}"
+    )
     _require(int(fl["batch_size"]) >= 1, f"fl.batch_size (N) must be >= 1, got {fl['batch_size']}")
     eps = float(fl["label_smoothing"])
     _require(0 <= eps < 1, f"fl.label_smoothing must be in [0, 1), got {eps}")
-    _require(float(fl["mixup_alpha"]) >= 0, f"fl.mixup_alpha must be >= 0 (0: off), got {fl['mixup_alpha']}")
+    _require(
+        float(fl["mixup_alpha"]) >= 0,
+        f"fl.mixup_alpha must be >= 0 (0: off), got {fl['mixup_alpha']}",
+    )
     backend = cfg["backend"]["name"]
-    _require(backend in ("ray", "inline"), f"backend.name must be 'ray' or 'inline', got {backend!r}")
+    _require(
+        backend in ("ray", "inline"), f"backend.name must be 'ray' or 'inline', got {backend!r}"
+    )
     device = str(cfg["device"])
     _require(
         device in ("auto", "cpu") or device.startswith("cuda"),

@@ -56,7 +56,10 @@ def make_defense_mod(defense: Defense, parameter_names: frozenset[str]) -> Calla
         if set(sent) != set(update) or any(sent[k].shape != update[k].shape for k in update):
             raise ValueError(f"defense {defense.name!r} must return the same keys and shapes")
         _save_state(context, state)
-        new = {k: (before[k] + sent[k].to(before[k].dtype)) if k in sent else v for k, v in after.items()}
+        new = {
+            k: (before[k] + sent[k].to(before[k].dtype)) if k in sent else v
+            for k, v in after.items()
+        }
         reply.content["arrays"] = ArrayRecord(new)
         return reply
 

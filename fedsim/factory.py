@@ -1,4 +1,4 @@
-"""Build the run's objects (task, attacks, defense) from a plain config dict (resolved Hydra config).
+"""Build the run's objects (task, attacks, defense) from a plain dict (the resolved Hydra config).
 
 Objects are cached per process: Ray actors and the in-process grid call the client app many times.
 """
@@ -13,18 +13,35 @@ import torch
 from hydra.utils import instantiate
 
 from defenses.base import Defense, Identity
+from fedsim.config import ConfigError
 from fedsim.tasks.base import Task
 
-__all__ = ["build_task", "build_attacks", "build_defense", "resolve_device"]
+__all__ = ["build_attacks", "build_defense", "build_task", "resolve_device"]
 
 
 def _key(cfg: Any) -> str:
     return json.dumps(cfg, sort_keys=True, default=str)
 
 
+def _instantiate(node: dict, what: str):
+    """`hydra.utils.instantiate`, with a missing `_target_` or a constructor's complaint turned
+    into one `ConfigError` that names the config node."""
+    if not isinstance(node, dict) or not node.get("_target_"):
+        raise ConfigError(f"{what} needs a `_target_` (the plugin class to build), got {node!r}")
+    try:
+        return instantiate(node, _convert_="all")
+    except Exception as exc:
+        cause = exc.__cause__ or exc
+        if isinstance(
+            cause, FileNotFoundError
+        ):  # missing data: its own message says what to install
+            raise cause from None
+        raise ConfigError(f"cannot build {what} ({node['_target_']}): {cause}") from exc
+
+
 @lru_cache(maxsize=8)
 def _task_from_json(text: str) -> Task:
-    return instantiate(json.loads(text), _convert_="all")
+    return _instantiate(json.loads(text), "task")
 
 
 def build_task(cfg: dict) -> Task:
@@ -36,13 +53,15 @@ def build_attacks(cfg: dict) -> list:
     """The attacks of `cfg["attack"]` in their configured order (each node has a `_target_`)."""
     attacks = []
     for key, node in (cfg.get("attack") or {}).items():
-        attack = instantiate(node, _convert_="all")
+        attack = _instantiate(node, f"attack {key!r}")
         if not callable(attack) or not getattr(attack, "name", None):
-            raise TypeError(f"attack {key!r} ({node.get('_target_')}) must be callable with a `name`")
+            raise ConfigError(
+                f"attack {key!r} ({node.get('_target_')}) must be callable with a `name`"
+            )
         attacks.append(attack)
     names = [a.name for a in attacks]
     if len(set(names)) != len(names):
-        raise ValueError(f"attack names must be unique, got {names}")
+        raise ConfigError(f"attack names must be unique, got {names}")
     return attacks
 
 
@@ -51,16 +70,18 @@ def build_defense(cfg: dict) -> Defense:
     node = cfg.get("defense")
     if not node or node.get("_target_") in (None, "defenses.base.Identity"):
         return Identity()
-    defense = instantiate(node, _convert_="all")
+    defense = _instantiate(node, "defense")
     if not callable(defense) or not getattr(defense, "name", None):
-        raise TypeError(f"defense {node.get('_target_')} must be callable with a `name`")
+        raise ConfigError(f"defense {node.get('_target_')} must be callable with a `name`")
     return defense
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" picks CUDA when present, else CPU; "cpu", "cuda", "cuda:1" are taken as given."""
+    """ "auto" picks CUDA when present, else CPU; "cpu", "cuda", "cuda:1" are taken as given."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={name} was asked for, but torch sees no CUDA GPU; use device=auto or cpu")
+        raise ConfigError(
+            f"device={name} was asked for, but torch sees no CUDA GPU; use device=auto or cpu"
+        )
     return torch.device(name)

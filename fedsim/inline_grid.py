@@ -37,7 +37,11 @@ class InlineGrid(Grid):
             for i in range(num_nodes)
         }
         self._replies: dict[str, Message] = {}
-        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, SUPERLINK_NODE_ID, 1
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = (
+            run_id,
+            SUPERLINK_NODE_ID,
+            1,
+        )
 
     def set_run(self, run) -> None:
         self._run = run
@@ -47,7 +51,9 @@ class InlineGrid(Grid):
         return self._run
 
     def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl)
+        return Message(
+            content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl
+        )
 
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
@@ -60,9 +66,12 @@ class InlineGrid(Grid):
             context = self.contexts[message.metadata.dst_node_id]
             try:
                 reply = self.client_app(message, context)
-            except Exception as exc:  # noqa: BLE001 (a failing client becomes an error reply)
+            except Exception as exc:
                 reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
-                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
+                reply = Message(
+                    Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason),
+                    reply_to=message,
+                )
             reply.metadata.__dict__["_message_id"] = str(uuid.uuid4())
             self._replies[message.metadata.message_id] = reply
             ids.append(message.metadata.message_id)
@@ -78,5 +87,7 @@ class InlineGrid(Grid):
 def run_inline(server_app, client_app: ClientApp, num_nodes: int) -> None:
     """Run `server_app` against `num_nodes` in-process clients."""
     grid = InlineGrid(client_app, num_nodes)
-    context = Context(run_id=1, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config={})
+    context = Context(
+        run_id=1, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config={}
+    )
     server_app(grid, context)

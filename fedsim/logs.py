@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["RoundLog", "RunLogs", "load", "TABLES"]
+__all__ = ["TABLES", "RoundLog", "RunLogs", "load"]
 
 TABLES = ("attacks", "clients", "rounds")
 

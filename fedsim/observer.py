@@ -26,7 +26,7 @@ from fedsim.audit import decode_truth
 from fedsim.logs import RoundLog
 from fedsim.update import ModelSpec, ServerView, Truth, frozen_tensors
 
-__all__ = ["Observer", "run_with_timeout", "AttackTimeout"]
+__all__ = ["AttackTimeout", "Observer", "run_with_timeout"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def run_with_timeout(fn: Callable[[], Any], timeout: float | None) -> Any:
     def target() -> None:
         try:
             box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 (re-raised in the caller's thread)
+        except BaseException as exc:
             box["error"] = exc
 
     thread = threading.Thread(target=target, daemon=True, name="fedsim-attack")
@@ -132,7 +132,11 @@ class Observer:
             after = _to_tensors(reply.content["arrays"])
             update = {k: after[k] - before[k] for k in before}
             metrics = dict(next(iter(reply.content.metric_records.values())))
-            bad = [k for k, v in update.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+            bad = [
+                k
+                for k, v in update.items()
+                if v.is_floating_point() and not torch.isfinite(v).all()
+            ]
             if bad:
                 stats["non_finite"] += 1
                 message = f"non-finite update in {len(bad)} tensors (e.g. {bad[0]}); not aggregated"
@@ -162,7 +166,13 @@ class Observer:
             row: dict[str, Any] = {"round": view.round, "client": view.client_id}
             row["attack"] = attack.name
             if attack.name in self.reasons:
-                self.log.add("attacks", **row, status=NOT_APPLICABLE, message=self.reasons[attack.name], seconds=0.0)
+                self.log.add(
+                    "attacks",
+                    **row,
+                    status=NOT_APPLICABLE,
+                    message=self.reasons[attack.name],
+                    seconds=0.0,
+                )
                 continue
             torch.manual_seed(hash((self.seed, view.round, view.client_id, index)) % 2**31)
             start = time.perf_counter()
@@ -170,12 +180,18 @@ class Observer:
                 finding = run_with_timeout(lambda a=attack: a(view, findings), self.timeout)
                 if not isinstance(finding, Finding):
                     raise TypeError(f"returned {type(finding).__name__}, expected a Finding")
-            except Exception as exc:  # noqa: BLE001 (isolated per attack)
+            except Exception as exc:
                 seconds = time.perf_counter() - start
                 message = f"{type(exc).__name__}: {exc}"
                 if not isinstance(exc, AttackTimeout):
                     log.debug("attack %s failed:\n%s", attack.name, traceback.format_exc())
-                log.warning("round %d client %d: attack %s failed: %s", view.round, view.client_id, attack.name, message)
+                log.warning(
+                    "round %d client %d: attack %s failed: %s",
+                    view.round,
+                    view.client_id,
+                    attack.name,
+                    message,
+                )
                 self.log.add("attacks", **row, status=ERROR, message=message, seconds=seconds)
                 continue
             seconds = time.perf_counter() - start
@@ -185,14 +201,24 @@ class Observer:
             if truth is not None and finding.ok:
                 try:
                     scores = {k: float(v) for k, v in finding.score(truth).items()}
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     status, message = ERROR, f"scoring failed: {type(exc).__name__}: {exc}"
-            diagnostics = json.dumps(dict(finding.diagnostics), default=str) if finding.diagnostics else ""
+            diagnostics = (
+                json.dumps(dict(finding.diagnostics), default=str) if finding.diagnostics else ""
+            )
             self.log.add(
-                "attacks", **row, status=status, message=message, seconds=seconds, **scores, diagnostics=diagnostics
+                "attacks",
+                **row,
+                status=status,
+                message=message,
+                seconds=seconds,
+                **scores,
+                diagnostics=diagnostics,
             )
 
-    def _client_row(self, round_: int, client: int, status: str, message: str, metrics=None) -> None:
+    def _client_row(
+        self, round_: int, client: int, status: str, message: str, metrics=None
+    ) -> None:
         metrics = dict(metrics or {})
         self.log.add(
             "clients",

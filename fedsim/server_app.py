@@ -16,7 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
@@ -25,7 +33,7 @@ from fedsim.logs import RoundLog
 from fedsim.observed_grid import ObservedGrid
 from fedsim.observer import Observer
 
-__all__ = ["build_server_app", "run_server", "discover_partitions", "app"]
+__all__ = ["app", "build_server_app", "discover_partitions", "run_server"]
 
 log = logging.getLogger("fedsim")
 
@@ -38,13 +46,17 @@ def discover_partitions(grid: Grid, num_nodes: int, timeout: float = 300.0) -> d
     deadline = time.monotonic() + timeout
     while len(nodes := list(grid.get_node_ids())) < num_nodes:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"only {len(nodes)} of {num_nodes} clients connected within {timeout:g} s")
+            raise RuntimeError(
+                f"only {len(nodes)} of {num_nodes} clients connected within {timeout:g} s"
+            )
         time.sleep(0.1)
     messages = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
     replies = list(grid.send_and_receive(messages, timeout=timeout))
     errors = [r.error.reason for r in replies if r.has_error()]
     if errors or len(replies) != len(nodes):
-        raise RuntimeError(f"partition discovery failed ({len(replies)}/{len(nodes)} replies): {errors[:1]}")
+        raise RuntimeError(
+            f"partition discovery failed ({len(replies)}/{len(nodes)} replies): {errors[:1]}"
+        )
     mapping = {r.metadata.src_node_id: int(r.content["meta"]["partition-id"]) for r in replies}
     if len(set(mapping.values())) != len(mapping):
         raise RuntimeError(f"two clients report the same partition id: {sorted(mapping.values())}")
@@ -61,7 +73,9 @@ def _attack_summary(rows: list[dict], round_: int) -> str:
     parts = []
     names = dict.fromkeys(r["attack"] for r in rows if r["round"] == round_)
     for name in names:
-        scores = [r["f1"] for r in rows if r["round"] == round_ and r["attack"] == name and "f1" in r]
+        scores = [
+            r["f1"] for r in rows if r["round"] == round_ and r["attack"] == name and "f1" in r
+        ]
         if scores:
             parts.append(f"{name} F1 {np.nanmean(scores):.2f}")
         else:
@@ -119,7 +133,11 @@ def run_server(grid: Grid, cfg: dict, run_dir: str | Path, audit: bool = True) -
         model.load_state_dict(state)
         metrics = task.evaluate(model, device)
         seconds = time.perf_counter() - clock["start"]
-        stats = observer.round_stats if round_ else {"clients": 0, "ok": 0, "failures": 0, "non_finite": 0}
+        stats = (
+            observer.round_stats
+            if round_
+            else {"clients": 0, "ok": 0, "failures": 0, "non_finite": 0}
+        )
         round_log.add("rounds", round=round_, **metrics, **stats, seconds=seconds)
         round_log.flush()
         torch.save({"round": round_, "model": state}, checkpoints / "latest.pt")
@@ -130,11 +148,14 @@ def run_server(grid: Grid, cfg: dict, run_dir: str | Path, audit: bool = True) -
             summary = _attack_summary(round_log.rows["attacks"], round_)
             log.info(
                 "round %d/%d | %s | clients %d ok, %d failed, %d non-finite | %s | %.1f s",
-                round_, rounds, shown, stats["ok"], stats["failures"], stats["non_finite"], summary, seconds,
+                round_, rounds, shown, stats["ok"], stats["failures"], stats["non_finite"],
+                summary, seconds,
             )  # fmt: skip
         else:
             log.info("round 0 (initial model) | %s", shown)
-        random.seed(hash((seed, round_ + 1)))  # the next round's client sample depends on (seed, round)
+        random.seed(
+            hash((seed, round_ + 1))
+        )  # the next round's client sample depends on (seed, round)
         clock["start"] = time.perf_counter()
         return MetricRecord(metrics)
 
@@ -149,7 +170,9 @@ def run_server(grid: Grid, cfg: dict, run_dir: str | Path, audit: bool = True) -
     )
 
 
-def build_server_app(cfg: dict, run_dir: str | Path, audit: bool = True, on_error=None) -> ServerApp:
+def build_server_app(
+    cfg: dict, run_dir: str | Path, audit: bool = True, on_error=None
+) -> ServerApp:
     """The ServerApp for the resolved config `cfg`, writing its tables to `run_dir`.
 
     `on_error`, when given, receives an exception raised by the run in its `error` attribute

@@ -10,10 +10,11 @@ import torch
 import yaml
 
 from fedsim.client_app import build_client_app
+from fedsim.factory import build_attacks
 from fedsim.logging_setup import tame_flower_logging
 from fedsim.server_app import build_server_app
 
-__all__ = ["run_experiment", "quiet_environment"]
+__all__ = ["quiet_environment", "run_experiment"]
 
 log = logging.getLogger("fedsim")
 
@@ -42,7 +43,10 @@ def _ray_backend_config(cfg: dict) -> dict:
     }
     if uses_gpu:
         init_args["num_gpus"] = torch.cuda.device_count()
-    return {"client_resources": {"num_cpus": client_cpus, "num_gpus": float(gpus)}, "init_args": init_args}
+    return {
+        "client_resources": {"num_cpus": client_cpus, "num_gpus": float(gpus)},
+        "init_args": init_args,
+    }
 
 
 class _ServerError:
@@ -60,6 +64,7 @@ def run_experiment(cfg: dict, run_dir: str | Path) -> Path:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     audit = True if cfg.get("audit") is None else bool(cfg["audit"])
     clients = int(cfg["fl"]["clients"])
+    build_attacks(cfg)  # fail on a bad attack config now, before any client starts
     client_app = build_client_app(cfg)
     holder = _ServerError()
     server_app = build_server_app(cfg, run_dir, audit, on_error=holder)

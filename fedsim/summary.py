@@ -19,7 +19,9 @@ def attack_summary(attacks: pd.DataFrame) -> pd.DataFrame:
     """Per attack: rows by status and the mean of each score over the `ok` rows."""
     if attacks.empty:
         return pd.DataFrame()
-    counts = attacks.pivot_table(index="attack", columns="status", values="round", aggfunc="count", fill_value=0)
+    counts = attacks.pivot_table(
+        index="attack", columns="status", values="round", aggfunc="count", fill_value=0
+    )
     ok = attacks[attacks["status"] == "ok"]
     present = [c for c in SCORES if c in attacks.columns]
     means = ok.groupby("attack")[present].mean() if present else pd.DataFrame(index=counts.index)
@@ -42,7 +44,11 @@ def print_summary(run_dir: str | Path, console: Console | None = None) -> None:
     logs = load(run_dir)
     rounds = logs.rounds
     table = Table(title="Global model per round")
-    cols = [c for c in ("round", "accuracy", "wer", "loss", "ok", "failures", "non_finite", "seconds") if c in rounds]
+    cols = [
+        c
+        for c in ("round", "accuracy", "wer", "loss", "ok", "failures", "non_finite", "seconds")
+        if c in rounds
+    ]
     for c in cols:
         table.add_column(c, justify="right")
     for _, row in rounds.iterrows():

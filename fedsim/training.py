@@ -1,4 +1,4 @@
-"""Local training primitives shared by tasks: soft targets (label smoothing, mixup) and SGD steps."""
+"""Local training primitives shared by tasks: soft targets (smoothing, mixup) and SGD steps."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["soft_targets", "soft_cross_entropy", "sgd_step", "capture_last_layer_input"]
+__all__ = ["capture_last_layer_input", "sgd_step", "soft_cross_entropy", "soft_targets"]
 
 
 def soft_targets(
@@ -45,7 +45,7 @@ def sgd_step(model: torch.nn.Module, loss: torch.Tensor, lr: float) -> None:
                 p.sub_(lr * g)
 
 
-class capture_last_layer_input:  # noqa: N801 (used as a context manager)
+class capture_last_layer_input:
     """Context manager recording the input `(N, d)` of `layer` on every forward call."""
 
     def __init__(self, layer: torch.nn.Module) -> None:

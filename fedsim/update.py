@@ -87,7 +87,7 @@ class ServerView:
         return int(self.train_config["batch_size"])
 
     def last_layer_update(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The last linear layer's `(weight, bias)` update, `after - before`; shapes (C, d), (C,)."""
+        """The last linear layer's `(weight, bias)` update (after - before), shapes (C, d), (C,)."""
         spec = self.model
         bias = self.update[spec.last_bias] if spec.last_bias else None
         return self.update[spec.last_weight], bias

@@ -1,4 +1,4 @@
-"""Fashion-MNIST from the Debian package `dataset-fashion-mnist` (the original IDX gz files, offline)."""
+"""Fashion-MNIST from the Debian package `dataset-fashion-mnist` (original IDX gz files, offline)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CLASSES", "DEFAULT_ROOT", "ImageSplit", "MissingDataError", "check_fashion_mnist", "load_fashion_mnist"]
+__all__ = [
+    "CLASSES",
+    "DEFAULT_ROOT",
+    "ImageSplit",
+    "MissingDataError",
+    "check_fashion_mnist",
+    "load_fashion_mnist",
+]
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = (
@@ -43,7 +50,8 @@ class ImageSplit:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    data = gzip.open(path).read()
+    with gzip.open(path) as f:
+        data = f.read()
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
@@ -54,9 +62,11 @@ def data_root() -> Path:
 
 
 def check_fashion_mnist(root: str | None = None) -> Path:
-    """The data folder; raises `MissingDataError` (with the install command) when files are missing."""
+    """The data folder; raises `MissingDataError` (with the install command) if files are missing."""
     folder = Path(root) if root else data_root()
-    missing = [str(folder / n) for names in _FILES.values() for n in names if not (folder / n).exists()]
+    missing = [
+        str(folder / n) for names in _FILES.values() for n in names if not (folder / n).exists()
+    ]
     if missing:
         raise MissingDataError(f"Fashion-MNIST not found ({', '.join(missing)}). {INSTALL_HINT}")
     return folder

@@ -15,7 +15,7 @@ import torch
 
 from fedsim.update import ModelSpec, Truth
 
-__all__ = ["TrainConfig", "TrainResult", "Task"]
+__all__ = ["Task", "TrainConfig", "TrainResult"]
 
 
 @dataclass(frozen=True)

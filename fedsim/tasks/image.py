@@ -11,7 +11,7 @@ from fedsim.data.fashion_mnist import check_fashion_mnist, load_fashion_mnist
 from fedsim.data.partition import partition_indices
 from fedsim.models.image import LAST_LAYER, build_image_model
 from fedsim.tasks.base import TrainConfig, TrainResult
-from fedsim.training import capture_last_layer_input, soft_cross_entropy, sgd_step, soft_targets
+from fedsim.training import capture_last_layer_input, sgd_step, soft_cross_entropy, soft_targets
 from fedsim.update import ModelSpec, Truth
 
 __all__ = ["ImageTask"]
@@ -65,7 +65,9 @@ class ImageTask:
             num_classes=self.num_classes,
             last_weight=f"{last}.weight",
             last_bias=f"{last}.bias",
-            build=partial(build_image_model, self.model_name, self.num_classes, **self.model_options),
+            build=partial(
+                build_image_model, self.model_name, self.num_classes, **self.model_options
+            ),
             input_shape=(1, 28, 28),
         )
 
@@ -88,7 +90,11 @@ class ImageTask:
         rng = np.random.default_rng([config.seed, config.round, partition_id])
         picks = rng.choice(own, size=(k, n), replace=len(own) < k * n)
         partners = rng.choice(own, size=(k, n)) if config.mixup_alpha > 0 else None
-        weights = rng.beta(config.mixup_alpha, config.mixup_alpha, (k, n)) if partners is not None else None
+        weights = (
+            rng.beta(config.mixup_alpha, config.mixup_alpha, (k, n))
+            if partners is not None
+            else None
+        )
 
         model.to(device).train()
         last = model.get_submodule(LAST_LAYER[self.model_name])

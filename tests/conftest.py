@@ -1,0 +1,37 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# Small, fast defaults for in-process runs: tiny model, few test images, 2 clients, 1 round.
+FAST = [
+    "backend=inline",
+    "model=mlp",
+    "model.options.hidden=[32]",
+    "task.eval_samples=200",
+    "fl.clients=2",
+    "fl.rounds=1",
+    "attack=[]",
+    "device=cpu",
+]
+
+
+@pytest.fixture
+def run_fedsim(tmp_path):
+    """Run an inline experiment with FAST defaults plus `overrides`; return its RunLogs."""
+    from fedsim.config import compose_config
+    from fedsim.logs import load
+    from fedsim.simulation import run_experiment
+
+    def run(*overrides: str, name: str = "run"):
+        cfg = compose_config([*FAST, *overrides])
+        return load(run_experiment(cfg, tmp_path / name))
+
+    return run

@@ -1,0 +1,88 @@
+"""Attack and defense plugins used by the tests (instantiated from Hydra `_target_`s)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+
+import torch
+
+from attacks.base import Finding
+from fedsim.update import ServerView
+
+SEEN: list[ServerView] = []
+
+
+class Recorder:
+    """Keeps every view it is shown (in-process runs only)."""
+
+    name = "recorder"
+
+    def __call__(self, view: ServerView, findings: Mapping[str, Finding]) -> Finding:
+        SEEN.append(view)
+        return Finding(
+            diagnostics={
+                "update_norm": float(sum(v.float().norm() ** 2 for v in view.update.values()))
+            }
+        )
+
+
+class Raising:
+    name = "raising"
+
+    def __call__(self, view, findings):
+        raise RuntimeError("boom from the test attack")
+
+
+class Sleeping:
+    name = "sleeping"
+
+    def __init__(self, seconds: float = 5.0) -> None:
+        self.seconds = seconds
+
+    def __call__(self, view, findings):
+        time.sleep(self.seconds)
+        return Finding()
+
+
+class KillAtRound:
+    """Kills the whole process (no clean-up, like `kill -9`) when round `round` starts attacks."""
+
+    name = "killer"
+
+    def __init__(self, round: int = 3) -> None:
+        self.round = round
+
+    def __call__(self, view, findings):
+        if view.round >= self.round:
+            os._exit(9)
+        return Finding()
+
+
+class FailOnClient:
+    """A defense that raises on one client (simulates a crashing client)."""
+
+    name = "fail_on_client"
+
+    def __init__(self, client: int = 1) -> None:
+        self.client = client
+
+    def __call__(self, update, state):
+        if state["partition_id"] == self.client:
+            raise RuntimeError(f"client {self.client} crashed on purpose")
+        return update
+
+
+class NaNOnClient:
+    """A defense that sends NaN from one client."""
+
+    name = "nan_on_client"
+
+    def __init__(self, client: int = 0) -> None:
+        self.client = client
+
+    def __call__(self, update, state):
+        if state["partition_id"] == self.client:
+            return {k: torch.full_like(v, float("nan")) for k, v in update.items()}
+        return update

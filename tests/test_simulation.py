@@ -1,0 +1,259 @@
+"""End-to-end runs of the simulation on the in-process grid (and one on Ray)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedsim.logs import load
+from fedsim.tasks.base import TrainConfig
+from fedsim.update import ServerView, Truth
+from tests import plugins
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDER = "+attack.recorder._target_=tests.plugins.Recorder"
+
+
+def test_observer_sees_after_minus_before(run_fedsim):
+    plugins.SEEN.clear()
+    logs = run_fedsim(RECORDER, "fl.rounds=2", "fl.local_steps=2", "fl.batch_size=4")
+    assert len(plugins.SEEN) == 4  # 2 rounds x 2 clients
+    assert set(logs.attacks["status"]) == {"ok"}
+    from fedsim.factory import build_task
+
+    for view in plugins.SEEN:
+        # Replay the client's training independently and compare with what the server saw.
+        task = build_task({"task": _task_node(view)})
+        model = view.global_module().train()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        config = TrainConfig.from_record({**view.train_config, "round": view.round})
+        task.local_train(model, view.client_id, 2, config, torch.device("cpu"))
+        for name, after in model.state_dict().items():
+            torch.testing.assert_close(view.update[name], after - before[name], rtol=0, atol=1e-7)
+        assert view.num_examples == 8 and view.local_steps == 2 and view.batch_size == 4
+
+
+def _task_node(view: ServerView) -> dict:
+    return {
+        "_target_": "fedsim.tasks.image.ImageTask",
+        "model": "mlp",
+        "model_options": {"hidden": [32]},
+        "eval_samples": 200,
+    }
+
+
+def test_signsgd_and_graddrop_as_seen_by_the_server(run_fedsim):
+    plugins.SEEN.clear()
+    run_fedsim(RECORDER, "defense=signsgd", "fl.lr=0.05", name="sign")
+    for view in plugins.SEEN:
+        for name, u in view.update.items():
+            nonzero = u[u != 0].abs()
+            assert torch.allclose(nonzero, torch.full_like(nonzero, 0.05), rtol=1e-4), name
+    plugins.SEEN.clear()
+    run_fedsim(RECORDER, "defense=graddrop", "defense.rate=0.9", name="drop")
+    for view in plugins.SEEN:
+        w, b = view.last_layer_update()
+        assert (w == 0).float().mean() >= 0.9 - 1e-6
+        assert int((b != 0).sum()) <= 1  # 10 entries, keep floor-complement 1
+
+
+def test_attacks_cannot_reach_the_truth(run_fedsim):
+    """The view holds no Truth and no audit bytes, and the strategy never sees the audit record."""
+    plugins.SEEN.clear()
+    run_fedsim(RECORDER, "fl.keep_inputs=true")
+    assert plugins.SEEN
+    for view in plugins.SEEN:
+        found = _reachable(view)
+        assert not any(isinstance(o, Truth) for o in found)
+        assert not any(isinstance(o, bytes | bytearray) for o in found)
+        assert {f.name for f in dataclasses.fields(ServerView)} == {
+            "round", "client_id", "global_model", "update", "train_config", "num_examples", "model"
+        }  # fmt: skip
+        assert "audit" not in view.train_config or view.train_config["audit"] in (True, False)
+    # Attacks are called with (view, findings) only.
+    import inspect
+
+    assert list(inspect.signature(plugins.Recorder.__call__).parameters) == [
+        "self",
+        "view",
+        "findings",
+    ]
+
+
+def _reachable(root, limit: int = 100_000) -> list:
+    """Every object reachable from `root` through attributes, mappings, sequences, closures."""
+    seen, stack, out = set(), [root], []
+    while stack and len(out) < limit:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(
+            obj, str | int | float | bool | type(None) | torch.Tensor | type
+        ):
+            continue
+        seen.add(id(obj))
+        out.append(obj)
+        if isinstance(obj, dict) or (hasattr(obj, "items") and callable(obj.items)):
+            try:
+                for k, v in obj.items():
+                    stack += [k, v]
+            except TypeError:
+                pass
+        elif isinstance(obj, list | tuple | set | frozenset):
+            stack += list(obj)
+        if dataclasses.is_dataclass(obj):
+            stack += [getattr(obj, f.name) for f in dataclasses.fields(obj)]
+        for attr in ("func", "args", "keywords", "__closure__"):
+            value = getattr(obj, attr, None)
+            is_func = attr == "func" and value is not None
+            if (value is not None and not callable(value)) or is_func:
+                stack.append(value if attr != "__closure__" else [c.cell_contents for c in value])
+    return out
+
+
+def test_failing_client_and_failing_attack(run_fedsim):
+    logs = run_fedsim(
+        "defense=none",
+        "defense._target_=tests.plugins.FailOnClient",
+        "+attack.raising._target_=tests.plugins.Raising",
+        "+attack.sleeping._target_=tests.plugins.Sleeping",
+        "+attack.sleeping.seconds=3",
+        "attack_timeout=0.5",
+        RECORDER,
+        "fl.clients=3",
+        "fl.rounds=2",
+    )
+    clients = logs.clients
+    failed = clients[clients["status"] == "error"]
+    assert (
+        sorted(failed["client"]) == [1, 1]
+        and failed["message"].str.contains("crashed on purpose").all()
+    )
+    assert (clients[clients["client"] != 1]["status"] == "ok").all()
+    assert list(logs.rounds["failures"]) == [0, 1, 1]
+    assert list(logs.rounds["ok"]) == [0, 2, 2]
+    attacks = logs.attacks.set_index("attack")
+    assert (attacks.loc["raising", "status"] == "error").all()
+    assert attacks.loc["raising", "message"].str.contains("boom from the test attack").all()
+    assert attacks.loc["sleeping", "message"].str.contains("timed out").all()
+    assert (attacks.loc["recorder", "status"] == "ok").all()  # later attacks still run
+    assert logs.rounds["accuracy"].notna().all()
+
+
+def test_non_finite_update_is_flagged_and_not_aggregated(run_fedsim):
+    logs = run_fedsim("defense._target_=tests.plugins.NaNOnClient", "fl.rounds=2")
+    bad = logs.clients[logs.clients["status"] == "non_finite"]
+    assert list(bad["client"]) == [0, 0] and bad["message"].str.contains("not aggregated").all()
+    assert list(logs.rounds["non_finite"]) == [0, 1, 1]
+    assert np.isfinite(logs.rounds["loss"]).all()  # the NaN never reached the global model
+
+
+def test_runs_are_reproducible(run_fedsim):
+    a = run_fedsim(RECORDER, "fl.rounds=2", "fl.clients=4", "fl.fraction=0.5", name="a")
+    b = run_fedsim(RECORDER, "fl.rounds=2", "fl.clients=4", "fl.fraction=0.5", name="b")
+    cols = ["round", "client", "num_examples", "train_loss"]
+    assert a.clients[cols].equals(b.clients[cols])
+    assert a.rounds[["accuracy", "loss"]].equals(b.rounds[["accuracy", "loss"]])
+    assert len(a.clients) == 4  # 2 of 4 clients per round
+
+
+def _cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0"}
+    cmd = [sys.executable, "-m", "fedsim.cli", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+FAST_CLI = ["backend=inline", "model=mlp", "model.options.hidden=[32]", "task.eval_samples=200",
+            "fl.clients=2", "device=cpu", "attack=[]"]  # fmt: skip
+
+
+def test_rows_survive_a_killed_run(tmp_path):
+    out = tmp_path / "killed"
+    result = _cli(*FAST_CLI, "fl.rounds=5", "+attack.killer._target_=tests.plugins.KillAtRound",
+                  "+attack.killer.round=3", f"output={out}", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 9, result.stderr[-2000:]
+    logs = load(out)
+    assert list(logs.rounds["round"]) == [0, 1, 2]
+    assert sorted(set(logs.clients["round"])) == [1, 2]
+    assert sorted(set(logs.attacks["round"])) == [1, 2]
+    assert (out / "checkpoints" / "latest.pt").exists()
+    assert torch.load(out / "checkpoints" / "latest.pt")["round"] == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["fl.roundz=3"], ["unknown config key 'fl.roundz'", "Did you mean 'fl.rounds'", "rounds"]),
+        (["defense=sgnsgd"], ["unknown defense 'sgnsgd'", "graddrop", "signsgd"]),
+        (["model=resnet19"], ["unknown model 'resnet19'", "resnet18"]),
+        (["fl.lr=-1"], ["fl.lr must be > 0"]),
+        (["defense=graddrop", "defense.rate=1.5"], ["GradDrop rate must be in [0, 1)"]),
+    ],
+)
+def test_bad_config_gives_one_clear_error(tmp_path, args, expected):
+    result = _cli(*FAST_CLI, *args, f"output={tmp_path / 'bad'}", cwd=tmp_path)
+    assert result.returncode != 0
+    text = result.stdout + result.stderr
+    for piece in expected:
+        assert piece in text, text[-3000:]
+    assert "Traceback" not in text
+
+
+def test_cli_multirun_writes_one_run_per_defense(tmp_path):
+    result = _cli(
+        "-m", *FAST_CLI, "defense=none,signsgd,graddrop", "fl.rounds=2", cwd=tmp_path, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(p.parent for p in tmp_path.glob("multirun/*/*/*/rounds.parquet"))
+    assert len(runs) == 3
+    defenses = sorted(load(r).clients["defense"].iloc[0] for r in runs)
+    assert defenses == ["graddrop", "none", "signsgd"]
+    assert "Run directory" in result.stdout
+
+
+@pytest.mark.ray
+def test_ray_backend_end_to_end(tmp_path):
+    """The default backend: Flower's simulation engine with Ray actors."""
+    out = tmp_path / "ray"
+    args = [a for a in FAST_CLI if not a.startswith("backend")]
+    plugin = ["+attack.sleeping._target_=tests.plugins.Sleeping", "+attack.sleeping.seconds=0"]
+    result = _cli(*args, "backend=ray", "backend.num_cpus=2", "fl.rounds=2", *plugin,
+                  f"output={out}", cwd=tmp_path, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = load(out)
+    assert list(logs.rounds["round"]) == [0, 1, 2] and list(logs.rounds["ok"]) == [0, 2, 2]
+    assert len(logs.attacks) == 4 and (logs.attacks["status"] == "ok").all()
+    assert "Global model per round" in result.stdout
+
+
+def test_notebook_reads_and_plots_three_runs(tmp_path, run_fedsim):
+    import nbformat
+    from nbclient import NotebookClient
+
+    for defense in ("none", "signsgd", "graddrop"):
+        run_fedsim(f"defense={defense}", "fl.rounds=2", "attack=[yin]", name=f"sweep/{defense}")
+    nb = nbformat.read(ROOT / "notebooks" / "round_logs.ipynb", as_version=4)
+    env = {"FEDSIM_RUNS": str(tmp_path / "sweep"), "FEDSIM_FIGURES": str(tmp_path / "fig")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(
+            nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        ).execute()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    assert (tmp_path / "fig" / "utility.png").stat().st_size > 1000
+    assert (tmp_path / "fig" / "leakage.png").stat().st_size > 1000
+    text = "".join(
+        str(o.get("text", o.get("data", "")))
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    )
+    assert "3 run(s)" in text and "signsgd" in text and "graddrop" in text
