@@ -23,7 +23,9 @@ __all__ = ["InlineGrid", "run_inline"]
 class InlineGrid(Grid):
     """`num_nodes` simulated nodes with partition ids 0..num_nodes-1 and persistent contexts."""
 
-    def __init__(self, client_app: ClientApp, num_nodes: int, run_id: int = 1) -> None:
+    def __init__(
+        self, client_app: ClientApp, num_nodes: int, run_id: int = 1, run_config: dict | None = None
+    ) -> None:
         self.client_app, self.run_id = client_app, run_id
         self._run = None
         self.contexts = {
@@ -32,7 +34,7 @@ class InlineGrid(Grid):
                 node_id=1000 + i,
                 node_config={"partition-id": i, "num-partitions": num_nodes},
                 state=RecordDict(),
-                run_config={},
+                run_config=dict(run_config or {}),
             )
             for i in range(num_nodes)
         }

@@ -7,9 +7,9 @@ import logging
 __all__ = ["tame_flower_logging"]
 
 
-def tame_flower_logging(level: int = logging.WARNING) -> None:
-    """Drop Flower's own console handler and keep only its warnings (our round lines carry the
-    progress); Ray and alembic likewise."""
+def tame_flower_logging(level: int = logging.ERROR) -> None:
+    """Drop Flower's own console handler and keep only its errors (a failed client is logged;
+    our round lines carry the progress); Ray and alembic keep warnings."""
     from flwr.supercore.logger import console_handler
 
     flwr_logger = logging.getLogger("flwr")

@@ -1,4 +1,4 @@
-"""Fashion-MNIST from the Debian package `dataset-fashion-mnist` (original IDX gz files, offline)."""
+"""Fashion-MNIST from the Debian package `dataset-fashion-mnist` (original IDX gz files)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def data_root() -> Path:
 
 
 def check_fashion_mnist(root: str | None = None) -> Path:
-    """The data folder; raises `MissingDataError` (with the install command) if files are missing."""
+    """The data folder; raises `MissingDataError` (with the install command) if a file is absent."""
     folder = Path(root) if root else data_root()
     missing = [
         str(folder / n) for names in _FILES.values() for n in names if not (folder / n).exists()
