@@ -28,9 +28,9 @@ def _run(cfg: DictConfig) -> None:
 
     try:
         plain = validate_config(cfg)
-        run_dir = plain.get("output") or HydraConfig.get().runtime.output_dir
+        run_dir = plain.get("resume") or plain.get("output") or HydraConfig.get().runtime.output_dir
         log.info("run directory: %s", run_dir)
-        run_experiment(plain, run_dir)
+        run_dir = run_experiment(plain, run_dir)
     except (ConfigError, MissingDataError) as exc:
         log.error("%s", exc)
         sys.exit(2)

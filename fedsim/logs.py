@@ -28,6 +28,17 @@ class RoundLog:
         self.context = dict(context or {})  # columns added to every attack and client row
         self.rows: dict[str, list[dict]] = {t: [] for t in TABLES}
 
+    def resume(self, last_round: int) -> None:
+        """Reload the rows already on disk up to `last_round` (to continue a stopped run)."""
+        for table in TABLES:
+            path = self.run_dir / f"{table}.parquet"
+            if path.exists():
+                frame = pd.read_parquet(path)
+                if "round" in frame:
+                    frame = frame[frame["round"] <= last_round]
+                rows = frame.to_dict("records")
+                self.rows[table] = [{k: v for k, v in r.items() if not _missing(v)} for r in rows]
+
     def add(self, table: str, **row: Any) -> None:
         base = self.context if table != "rounds" else {}
         self.rows[table].append({**base, **row})
@@ -38,6 +49,10 @@ class RoundLog:
             tmp = path.with_suffix(".parquet.tmp")
             pd.DataFrame(rows).to_parquet(tmp, index=False)
             os.replace(tmp, path)
+
+
+def _missing(value: Any) -> bool:
+    return isinstance(value, float) and value != value  # NaN: a column this row never had
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,15 @@ __all__ = ["ObservedGrid"]
 
 
 class ObservedGrid(Grid):
-    def __init__(self, inner: Grid, observer: Observer, partition_of: Mapping[int, int]) -> None:
+    def __init__(
+        self,
+        inner: Grid,
+        observer: Observer,
+        partition_of: Mapping[int, int],
+        round_offset: int = 0,
+    ) -> None:
         self._inner, self.observer, self.partition_of = inner, observer, dict(partition_of)
+        self.round_offset = round_offset  # rounds already done by a resumed run
 
     # Plain delegation.
     def set_run(self, run) -> None:
@@ -48,10 +55,14 @@ class ObservedGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):
         messages = list(messages)
-        sent, round_ = {}, 0
+        sent, round_, shifted = {}, 0, set()
         for m in messages:
             if m.metadata.message_type.split(".")[0] == MessageType.TRAIN:
-                config = dict(m.content["config"])
+                record = m.content["config"]
+                if self.round_offset and id(record) not in shifted:  # messages share one record
+                    record["server-round"] = int(record["server-round"]) + self.round_offset
+                    shifted.add(id(record))
+                config = dict(record)
                 sent[m.metadata.dst_node_id] = (m.content["arrays"], config)
                 round_ = int(config.get("server-round", 0))
         replies = list(self._inner.send_and_receive(messages, timeout=timeout))

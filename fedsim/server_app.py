@@ -126,8 +126,20 @@ def run_server(grid: Grid, cfg: dict, run_dir: str | Path, audit: bool = True) -
     checkpoints = run_dir / "checkpoints"
     checkpoints.mkdir(exist_ok=True)
     clock = {"start": time.perf_counter()}
+    initial, done = spec.build().state_dict(), 0
+    if cfg.get("resume"):
+        saved = torch.load(checkpoints / "latest.pt", weights_only=False)
+        initial, done = saved["model"], int(saved["round"])
+        round_log.resume(done)
+        log.info("resuming after round %d of %d from %s", done, rounds, checkpoints / "latest.pt")
+        if done >= rounds:
+            log.info("nothing to do: the run already has %d rounds (raise fl.rounds)", done)
+            return
 
-    def evaluate(round_: int, arrays: ArrayRecord) -> MetricRecord:
+    def evaluate(round_: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if done and round_ == 0:
+            return None  # the resumed model was evaluated when it was saved
+        round_ += done
         model = spec.build()
         state = arrays.to_torch_state_dict()
         model.load_state_dict(state)
@@ -159,11 +171,11 @@ def run_server(grid: Grid, cfg: dict, run_dir: str | Path, audit: bool = True) -
         clock["start"] = time.perf_counter()
         return MetricRecord(metrics)
 
-    initial = spec.build()
+    random.seed(hash((seed, done + 1)))
     strategy.start(
-        grid=ObservedGrid(grid, observer, partition_of),
-        initial_arrays=ArrayRecord(initial.state_dict()),
-        num_rounds=rounds,
+        grid=ObservedGrid(grid, observer, partition_of, round_offset=done),
+        initial_arrays=ArrayRecord(initial),
+        num_rounds=rounds - done,
         train_config=train_config,
         evaluate_fn=evaluate,
         timeout=cfg.get("round_timeout"),

@@ -56,9 +56,25 @@ class _ServerError:
         self.error: BaseException | None = None
 
 
+def resumed_config(cfg: dict) -> tuple[dict, Path]:
+    """The saved config of the run in `cfg["resume"]`, with this command's `fl.rounds`."""
+    run_dir = Path(cfg["resume"])
+    path, checkpoint = run_dir / "config.yaml", run_dir / "checkpoints" / "latest.pt"
+    if not path.exists() or not checkpoint.exists():
+        from fedsim.config import ConfigError
+
+        raise ConfigError(f"resume={run_dir}: no config.yaml and checkpoints/latest.pt there")
+    saved = yaml.safe_load(path.read_text())
+    saved["fl"]["rounds"] = cfg["fl"]["rounds"]
+    saved["resume"] = str(run_dir)
+    return saved, run_dir
+
+
 def run_experiment(cfg: dict, run_dir: str | Path) -> Path:
     """Run the experiment `cfg` (validated plain dict) and return its run directory."""
     quiet_environment()
+    if cfg.get("resume"):
+        cfg, run_dir = resumed_config(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))

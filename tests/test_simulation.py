@@ -341,3 +341,28 @@ def test_readme_plugin_example_runs(tmp_path):
         attacks.loc["bias_sign", "recall"] == 1.0
     ).all()  # the bias gradient reveals every label
     assert (load(out).clients["defense"] == "noise").all()
+
+
+def test_resume_continues_a_killed_run(tmp_path):
+    out = tmp_path / "killed"
+    killer = ["+attack.killer._target_=tests.plugins.KillAtRound", "+attack.killer.round=3"]
+    first = _cli(*FAST_CLI, "fl.rounds=4", *killer, f"output={out}", cwd=tmp_path)
+    assert first.returncode == 9
+    # The killer stays in the saved config; it fires again only from round 3 on, so resume with
+    # rounds=4 after lifting it is checked through a run with the same config minus the killer.
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["attack"]["killer"]
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    second = _cli(*FAST_CLI, "fl.rounds=4", f"resume={out}", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    logs = load(out)
+    assert list(logs.rounds["round"]) == [0, 1, 2, 3, 4]
+    assert sorted(set(logs.clients["round"])) == [1, 2, 3, 4]
+    # Same result as an uninterrupted run: rounds 3-4 continue from the round-2 checkpoint.
+    straight = tmp_path / "straight"
+    third = _cli(*FAST_CLI, "fl.rounds=4", f"output={straight}", cwd=tmp_path)
+    assert third.returncode == 0
+    a, b = load(straight).rounds, logs.rounds
+    assert np.allclose(a["accuracy"], b["accuracy"]) and np.allclose(a["loss"], b["loss"])
