@@ -159,3 +159,33 @@ def test_compose_config_validates():
         compose_config(["fl.batch_size=0"])
     with pytest.raises(ConfigError, match="Available attack options"):
         compose_config(["attack=[rlg,nope]"])
+
+
+def test_missing_data_names_the_install_command(monkeypatch, tmp_path):
+    from fedsim.data.fashion_mnist import MissingDataError, check_fashion_mnist
+    from fedsim.factory import build_task
+
+    monkeypatch.setenv("FEDSIM_FASHION_MNIST", str(tmp_path))
+    with pytest.raises(MissingDataError, match="apt-get install dataset-fashion-mnist"):
+        check_fashion_mnist()
+    node = {"_target_": "fedsim.tasks.image.ImageTask", "model": "mlp", "data_root": str(tmp_path)}
+    with pytest.raises(MissingDataError, match="FEDSIM_FASHION_MNIST"):
+        build_task({"task": node})
+
+
+def test_device_auto_picks_the_gpu_when_present(monkeypatch):
+    from fedsim.factory import resolve_device
+    from fedsim.simulation import _ray_backend_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    cfg = {"device": "auto", "backend": {"num_cpus": 4, "client_cpus": 1, "client_gpus": None}}
+    assert _ray_backend_config(cfg)["client_resources"] == {"num_cpus": 1, "num_gpus": 0.0}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto").type == "cuda"
+    config = _ray_backend_config(cfg)
+    assert config["client_resources"] == {"num_cpus": 1, "num_gpus": 0.25}
+    assert config["init_args"]["num_gpus"] == 1
