@@ -8,6 +8,7 @@ ground truth (labels per step, soft labels, inputs when asked) for scoring attac
 
 from __future__ import annotations
 
+import json
 import time
 from functools import lru_cache
 
@@ -33,12 +34,27 @@ def _partition(context: Context) -> tuple[int, int]:
     return int(node["partition-id"]), int(node["num-partitions"])
 
 
+_MODS: dict[str, object] = {}
+
+
+def _defense_mod(cfg: dict):
+    """The defense as a client mod, built in the process that runs it (Ray actors build their
+    own, so nothing large is pickled with the app), once per process and config."""
+    key = json.dumps(cfg, sort_keys=True, default=str)
+
+    def mod(msg: Message, context: Context, call_next):
+        if key not in _MODS:
+            spec = build_task(cfg).model_spec()
+            trainable = frozenset(name for name, _ in spec.build().named_parameters())
+            _MODS[key] = make_defense_mod(build_defense(cfg), trainable)
+        return _MODS[key](msg, context, call_next)
+
+    return mod
+
+
 def build_client_app(cfg: dict) -> ClientApp:
     """The ClientApp for the resolved config `cfg` (a plain, picklable dict)."""
-    task = build_task(cfg)
-    spec = task.model_spec()
-    trainable = frozenset(name for name, _ in spec.build().named_parameters())
-    defense = build_defense(cfg)
+    build_task(cfg), build_defense(cfg)  # fail fast here on a bad config
     threads = cfg.get("backend", {}).get("client_threads")
     app = ClientApp()
 
@@ -48,11 +64,13 @@ def build_client_app(cfg: dict) -> ClientApp:
         record = ConfigRecord({"partition-id": pid, "num-partitions": nparts})
         return Message(RecordDict({"meta": record}), reply_to=msg)
 
-    @app.train(mods=[make_defense_mod(defense, trainable)])
+    @app.train(mods=[_defense_mod(cfg)])
     def train(msg: Message, context: Context) -> Message:
         if threads:
             torch.set_num_threads(int(threads))
         start = time.perf_counter()
+        task = build_task(cfg)
+        spec = task.model_spec()
         pid, nparts = _partition(context)
         config = msg.content["config"]
         train_config = TrainConfig.from_record({**config, "round": config["server-round"]})
