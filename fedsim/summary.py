@@ -27,6 +27,10 @@ def attack_summary(attacks: pd.DataFrame) -> pd.DataFrame:
     means = ok.groupby("attack")[present].mean() if present else pd.DataFrame(index=counts.index)
     seconds = attacks.groupby("attack")["seconds"].mean().rename("seconds")
     order = list(dict.fromkeys(attacks["attack"]))
+    counts = counts.rename(
+        columns={"not_applicable": "n/a", "error": "errors", "length_error": "len_err"}
+    )
+    means = means.rename(columns={"precision": "prec", "length_error": "len_err"})
     return counts.join(means, how="left").join(seconds).reindex(order)
 
 

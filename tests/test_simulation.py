@@ -366,3 +366,17 @@ def test_resume_continues_a_killed_run(tmp_path):
     assert third.returncode == 0
     a, b = load(straight).rounds, logs.rounds
     assert np.allclose(a["accuracy"], b["accuracy"]) and np.allclose(a["loss"], b["loss"])
+
+
+def test_rlg_scores_in_the_round_log_and_beat_yin_on_silu_features(run_fedsim):
+    """RLG on a SiLU network (Yin's rule assumes non-negative features) through the simulation."""
+    logs = run_fedsim(
+        "attack=[rlg,yin]", "model.options.activation=silu", "model.options.hidden=[64]",
+        "fl.batch_size=3", "fl.rounds=2", "fl.clients=3",
+    )  # fmt: skip
+    attacks = logs.attacks
+    rlg, yin = attacks[attacks["attack"] == "rlg"], attacks[attacks["attack"] == "yin"]
+    assert len(rlg) == 6 and (rlg["status"] == "ok").all()
+    assert rlg["recall"].mean() == 1.0 and rlg["f1"].mean() >= 0.9
+    assert (rlg["length_error"] == 0).mean() >= 0.8  # S estimated from the spectrum, no oracle
+    assert yin["precision"].mean() < rlg["precision"].mean()

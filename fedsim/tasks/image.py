@@ -45,7 +45,7 @@ class ImageTask:
         model_options: dict | None = None,
         partition: str = "iid",
         alpha: float = 0.5,
-        eval_samples: int = 2000,
+        eval_samples: int = 1000,
         seed: int = 0,
         data_root: str | None = None,
     ) -> None:
