@@ -81,6 +81,9 @@ def test_fast_agrees_with_brute_force_lp(case):
     rng, num_classes, dim, steps, act, dtype = case
     w, _ = sgd_update(rng, num_classes, dim, steps, act, dtype=dtype)
     fast, lp = reveal_labels(w, method="fast"), reveal_labels(w, method="lp")
+    if sum(len(s) for s in steps) >= num_classes - 1:  # S >= C - 1: outside RLG's domain
+        assert fast.status == lp.status == "not_applicable"
+        return
     assert fast.ok and lp.ok and fast.labels == lp.labels
 
 

@@ -1,0 +1,109 @@
+"""Transcript reconstruction plugin ("transcript"): RLG's bag of words and length + gradient
+matching on the decoder (`attacks.transcript.reconstruct_transcript`).
+
+Needs one SGD step on one utterance (batch_size 1, local_steps 1) of the speech task. Reads
+`findings["rlg"]` (a `LabelSet`: `labels` = the BoW, `num_labels` = S, estimated by RLG, never
+taken from the truth), the global model `view.global_module()` and the gradient
+`-view.update / view.lr`. No exception is caught here: the observer isolates failures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from attacks.base import Finding, not_applicable
+
+if TYPE_CHECKING:
+    from fedsim.update import ModelSpec, ServerView
+
+__all__ = ["TranscriptAttack"]
+
+
+class TranscriptAttack:
+    """Reconstruct the transcript of a one-utterance update.
+
+    Args:
+        use_bow: True restricts the labels to RLG's BoW; False is the baseline over the whole
+            vocabulary (the length still comes from RLG).
+        init: "span" (default; exact row-space decoding starts restart 0, beyond the paper) or
+            "random" (the paper: random restarts only).
+        tokenizer_path: optional sentencepiece model file, to decode and score the text; when
+            empty, `view.model.extras["tokenizer_path"]` is used if present.
+        options: further keyword options of `reconstruct_transcript` (restarts, steps, lr, ...).
+    """
+
+    name = "transcript"
+
+    def __init__(
+        self, use_bow: bool = True, init: str = "span", tokenizer_path: str = "", **options: Any
+    ) -> None:
+        self.use_bow, self.init = bool(use_bow), str(init)
+        self.tokenizer_path, self.options = str(tokenizer_path or ""), dict(options)
+        self._tokenizers: dict[str, Any] = {}
+
+    def check(self, model: ModelSpec, train_config: Mapping[str, Any]) -> str | None:
+        if model.task != "asr":
+            return (
+                f"transcript reconstruction needs the speech task (task 'asr'), got {model.task!r}"
+            )
+        if int(train_config.get("batch_size", 0)) != 1:
+            return "transcript reconstruction needs batch_size 1 (one utterance per update)"
+        if int(train_config.get("local_steps", 0)) != 1:
+            return "transcript reconstruction needs local_steps 1 (one gradient per update)"
+        return None
+
+    def _tokenizer(self, view: ServerView) -> Any:
+        path = self.tokenizer_path or str(view.model.extras.get("tokenizer_path", "") or "")
+        if not path:
+            return None
+        if path not in self._tokenizers:
+            import sentencepiece as spm
+
+            ex = view.model.extras
+            skip = (int(ex.get("pad_id", 0)), int(ex.get("bos_id", 2)))
+            processor = spm.SentencePieceProcessor(model_file=path)
+            self._tokenizers[path] = _SpmText(processor, int(ex.get("eos_id", 3)), skip)
+        return self._tokenizers[path]
+
+    def __call__(self, view: ServerView, findings: Mapping[str, Finding]) -> Finding:
+        from attacks.transcript import decoder_gradients, reconstruct_transcript
+
+        reason = self.check(view.model, view.train_config)
+        if reason:
+            return not_applicable(reason)
+        rlg = findings.get("rlg")
+        if rlg is None:
+            return not_applicable("needs RLG's finding (add attack 'rlg' before 'transcript')")
+        if not rlg.ok:
+            return not_applicable(f"RLG found no label set: {rlg.message}")
+        labels, length = getattr(rlg, "labels", ()), getattr(rlg, "num_labels", None)
+        if not labels or not length:
+            return not_applicable("RLG's finding has no labels or no estimated length num_labels")
+        grads = decoder_gradients(view.update, view.lr)
+        return reconstruct_transcript(
+            view.global_module(),
+            grads,
+            labels if self.use_bow else None,
+            int(length),
+            init=self.init,
+            label_smoothing=float(view.train_config.get("label_smoothing", 0.0) or 0.0),
+            tokenizer=self._tokenizer(view),
+            **self.options,
+        )
+
+
+class _SpmText:
+    """`decode(ids) -> str` of a sentencepiece model: stops at eos, skips pad and bos."""
+
+    def __init__(self, processor: Any, eos_id: int, skip: tuple[int, ...]) -> None:
+        self.processor, self.eos_id, self.skip = processor, eos_id, skip
+
+    def decode(self, ids: list[int]) -> str:
+        out = []
+        for i in ids:
+            if i == self.eos_id:
+                break
+            if i not in self.skip:
+                out.append(int(i))
+        return self.processor.decode(out)

@@ -1,0 +1,194 @@
+"""Transcript reconstruction from a one-utterance, one-step update (Dang et al. 2021, Table 5 and
+Figure 2 analogs) on the offline corpus with the LAS model.
+
+Per utterance of the evaluation set (test utterances of <= 50 characters): one SGD step (lr 0.05)
+from the checkpoint, RLG on the output projection's update gives the BoW and the estimated
+length S (never the truth), then `reconstruct_transcript` on the gradient `-update / lr`:
+- paper, no BoW, 1 run: random init, labels over the whole vocabulary, 1 restart;
+- paper, BoW, 1 run / 5 runs: random init, labels over the BoW;
+- span (+ BoW / no BoW): restart 0 starts from the exact row-space decoding (beyond the paper).
+The paper-method rows (expensive on CPU) use the first `--paper-utterances` utterances.
+Figure 2 analog: the same at the untrained / partial / trained checkpoints of `bench/asr_train.py`.
+
+    python bench/asr_train.py                 # checkpoints (cached; untrained is seeded if absent)
+    python bench/transcript.py [--quick]      # table + bench/results/transcript[_quick].json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from asr_bow import eval_set, load_states
+
+from attacks.rlg import reveal_labels
+from attacks.transcript import decoder_gradients, reconstruct_transcript
+from fedsim.tasks.asr import AsrTask
+from fedsim.update import Truth
+
+OUT = Path(__file__).parent / "results"
+# Table 5 (16k word pieces, untrained model, 402 utterances): (WER, EM)
+PAPER = {
+    "no BoW, 1 run": (">1", 0.018),
+    "BoW, 1 run": (0.284, 0.519),
+    "BoW, 5 runs": (0.010, 0.975),
+}
+CONFIGS = {  # name -> (use_bow, init, restarts, paper method?)
+    "paper: no BoW, 1 run": (False, "random", 1, True),
+    "paper: BoW, 1 run": (True, "random", 1, True),
+    "paper: BoW, 5 runs": (True, "random", 5, True),
+    "span: BoW": (True, "span", 5, False),
+    "span: no BoW": (False, "span", 5, False),
+}
+
+
+def attack_one(task: AsrTask, state: dict, index: int, configs: list[str], args) -> dict:
+    """One utterance: SGD step, RLG, then each reconstruction config; scores per config."""
+    model = task.build_model()
+    model.load_state_dict(state)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _, tokens = task.sgd_steps(model, [[index]], args.client_lr)
+    update = {k: v - before[k] for k, v in model.state_dict().items()}
+    truth = Truth(labels=np.zeros((1, 0), int), tokens=tokens)
+    ref = task.corpus.utterances[index].text
+    rlg = reveal_labels(update["output.weight"], bias_update=update["output.bias"])
+    found_s = getattr(rlg, "num_labels", None) or 0
+    row = {"index": index, "text": ref, "tokens": len(tokens[0][0]),
+           "rlg_exact": float(rlg.ok and tuple(rlg.labels) == truth.label_set),
+           "rlg_length_error": abs(found_s - len(tokens[0][0]))}  # fmt: skip
+    grads = decoder_gradients(update, args.client_lr)
+    attacked = task.build_model()
+    attacked.load_state_dict(state)
+    for name in configs:
+        use_bow, init, restarts, _ = CONFIGS[name]
+        if not rlg.ok or not getattr(rlg, "num_labels", None):
+            row[name] = {"exact": 0.0, "wer": 1.0, "hyp": "", "seconds": 0.0, "rlg_failed": 1}
+            continue
+        start = time.perf_counter()
+        found = reconstruct_transcript(
+            attacked, grads, rlg.labels if use_bow else None, rlg.num_labels, init=init,
+            restarts=restarts, steps=args.steps, halve_every=args.halve_every,
+            patience=args.patience, tokenizer=task.tokenizer, device=args.device,
+        )  # fmt: skip
+        scores = found.score(truth)
+        row[name] = {**scores, "hyp": found.text, "seconds": time.perf_counter() - start,
+                     "distance": found.distance, "variables": found.num_variables,
+                     "steps": found.steps}  # fmt: skip
+    return row
+
+
+def summarise(rows: list[dict], name: str) -> dict:
+    done = [r for r in rows if name in r]
+    if not done:
+        return {}
+    res = [r[name] for r in done]
+    refs = [r["text"] for r in done]
+    hyps = [x.get("hyp") or "" for x in res]
+    return {
+        "n": len(done),
+        "exact": float(np.mean([x["exact"] for x in res])),
+        "wer_mean": float(np.mean([x["wer"] for x in res])),
+        "wer_corpus": float(jiwer.wer(refs, hyps)),
+        "variables_median": float(statistics.median(x.get("variables", 0) for x in res)),
+        "seconds_median": float(statistics.median(x["seconds"] for x in res)),
+        "seconds_max": float(max(x["seconds"] for x in res)),
+        "rlg_exact": float(np.mean([r["rlg_exact"] for r in done])),
+    }
+
+
+def run_checkpoint(task, state, indices, args, paper_rows: bool) -> tuple[list[dict], dict]:
+    rows = []
+    for k, index in enumerate(indices):
+        configs = [n for n, c in CONFIGS.items() if not c[3] or (paper_rows and k < args.paper)]
+        rows.append(attack_one(task, state, index, configs, args))
+        print(json.dumps({n: rows[-1][n].get("exact") for n in configs} | {"k": k}), flush=True)
+    return rows, {name: summarise(rows, name) for name in CONFIGS}
+
+
+def print_table(title: str, summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("method", "n", "#vars", "WER (mean)", "WER (corpus)", "EM", "median s",
+                "paper WER", "paper EM"):  # fmt: skip
+        table.add_column(col)
+    for name, s in summary.items():
+        if not s:
+            continue
+        paper = PAPER.get(name.removeprefix("paper: "), ("", ""))
+        table.add_row(name, str(s["n"]), f"{s['variables_median']:.0f}", f"{s['wer_mean']:.3f}",
+                      f"{s['wer_corpus']:.3f}", f"{s['exact']:.3f}", f"{s['seconds_median']:.2f}",
+                      str(paper[0]), str(paper[1]))  # fmt: skip
+    Console(width=150).print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few utterances, short budgets")
+    parser.add_argument("--corpus", default="default")
+    parser.add_argument("--vocab-size", type=int, default=1000)
+    parser.add_argument("--large-vocab", type=int, default=16000, help="0: skip the 16k rows")
+    parser.add_argument("--large-utterances", type=int, default=25)
+    parser.add_argument("--utterances", type=int, default=100)
+    parser.add_argument("--paper-utterances", dest="paper", type=int, default=3)
+    parser.add_argument("--figure-utterances", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--halve-every", type=int, default=250)
+    parser.add_argument("--patience", type=int, default=500)
+    parser.add_argument("--client-lr", type=float, default=0.05)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--cache-dir", default=None)
+    args = parser.parse_args()
+    if args.quick:
+        args.utterances, args.paper, args.steps, args.halve_every = 8, 1, 150, 100
+        args.patience, args.figure_utterances, args.large_utterances = 100, 4, 4
+    torch.set_num_threads(args.threads)
+    load = os.getloadavg()
+    task = AsrTask(corpus=args.corpus, vocab_size=args.vocab_size, cache_dir=args.cache_dir)
+    indices = eval_set(task, per_length=100, max_chars=50)
+    rng = np.random.default_rng(0)
+    indices = sorted(rng.choice(indices, min(args.utterances, len(indices)), replace=False))
+    states = load_states(task, args.corpus, args.vocab_size, args.cache_dir)
+    result = {"args": vars(args), "load_before": load, "eval_utterances": len(indices),
+              "paper_table5": PAPER, "table5": {}, "figure2": {}}  # fmt: skip
+    rows, summary = run_checkpoint(task, states["untrained"], indices, args, paper_rows=True)
+    result["table5"][f"v{args.vocab_size}"] = summary
+    result["rows_untrained"] = rows
+    print_table(f"Table 5 analog: untrained LAS, {task.tokenizer.vocab_size} pieces", summary)
+    if args.large_vocab:
+        big = AsrTask(corpus=args.corpus, vocab_size=args.large_vocab, cache_dir=args.cache_dir)
+        torch.manual_seed(0)
+        state = big.build_model().state_dict()
+        n_big = max(4, min(args.large_utterances, len(indices)))
+        _, s_big = run_checkpoint(big, state, indices[:n_big], args, paper_rows=False)
+        result["table5"][f"v{args.large_vocab}"] = s_big
+        print_table(f"Table 5 analog: untrained LAS, {big.tokenizer.vocab_size} pieces", s_big)
+    for name, state in states.items():
+        if name == "untrained":
+            result["figure2"][name] = summary
+            continue
+        subset = indices[: args.figure_utterances]
+        _, s_ck = run_checkpoint(task, state, subset, args, paper_rows=True)
+        result["figure2"][name] = s_ck
+        print_table(f"Figure 2 analog: checkpoint {name}", s_ck)
+    result["load_after"] = os.getloadavg()
+    OUT.mkdir(exist_ok=True)
+    path = OUT / f"transcript{'_quick' if args.quick else ''}.json"
+    path.write_text(json.dumps(result, indent=1, default=float))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

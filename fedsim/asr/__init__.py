@@ -1,0 +1,1 @@
+"""Speech recognition: offline corpus, word pieces, LAS model, WER."""

@@ -1,0 +1,195 @@
+"""Speech recognition: the offline corpus, word pieces and a LAS model, trained by local SGD.
+
+Targets and the RLG truth: for a transcript of word pieces p1..pn the decoder reads
+`[bos, p1..pn]` and the loss (cross entropy, mean over the batch's target tokens, pad ignored)
+is taken on `[p1..pn, eos]`. These ids, per step and per utterance, are `Truth.tokens`, so
+`Truth.label_set` (BoW) holds every piece of the transcripts plus eos (3), and never pad (0),
+bos (2) or unk (1). The number of target tokens (pieces + 1 per utterance) is the rank RLG sees
+on the update of the projection `output.weight` `(vocab, dec_hidden + 2 * enc_hidden)`.
+"""
+
+from __future__ import annotations
+
+from functools import cache, partial
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedsim.asr.corpus import N_MELS, Corpus, load_corpus
+from fedsim.asr.metrics import word_error_rate
+from fedsim.asr.model import LAS, OUTPUT_LAYER, pad_batch
+from fedsim.asr.tokenizer import Tokenizer, train_tokenizer
+from fedsim.tasks.base import TrainConfig, TrainResult
+from fedsim.training import sgd_step
+from fedsim.update import ModelSpec, Truth
+
+__all__ = ["AsrTask"]
+
+Steps = tuple[tuple[tuple[int, ...], ...], ...]
+
+
+class AsrTask:
+    """Speech recognition on the offline corpus (`fedsim.asr.corpus`) with a LAS model.
+
+    Args:
+        corpus: corpus size, "tiny", "small" or "default" (built into the cache on first use).
+        vocab_size: word pieces including the 4 special tokens (1000 default; up to 31,532).
+        enc_hidden, enc_layers, dec_hidden, embed_dim, att_dim: LAS sizes (see `LAS`).
+        partition: "speaker" (non-IID: train utterances sorted by speaker/voice, then cut into
+            contiguous equal parts, so a client holds one or a few voices) or "iid".
+        eval_utterances: test utterances per evaluation (a fixed seeded subset; 0 = all).
+        seed: seeds partitions and the evaluation subset.
+        cache_dir: corpus cache (default `$FEDSIM_CACHE` or `~/.cache/fedsim`).
+    """
+
+    name = "asr"
+
+    def __init__(
+        self,
+        corpus: str = "default",
+        vocab_size: int = 1000,
+        enc_hidden: int = 128,
+        enc_layers: int = 1,
+        dec_hidden: int = 256,
+        embed_dim: int = 64,
+        att_dim: int = 128,
+        partition: str = "speaker",
+        eval_utterances: int = 64,
+        seed: int = 0,
+        cache_dir: str | None = None,
+    ) -> None:
+        if partition not in ("speaker", "iid"):
+            raise ValueError(f"unknown partition {partition!r}; use 'speaker' or 'iid'")
+        self.partition, self.seed, self.eval_utterances = partition, seed, eval_utterances
+        self.corpus: Corpus = load_corpus(corpus, cache_dir)
+        self.tokenizer: Tokenizer = train_tokenizer(self.corpus.text_path, vocab_size)
+        self.model_options = {
+            "n_mels": N_MELS, "enc_hidden": enc_hidden, "enc_layers": enc_layers,
+            "dec_hidden": dec_hidden, "embed_dim": embed_dim, "att_dim": att_dim,
+        }  # fmt: skip
+        self.targets = [tuple(self.tokenizer.targets(u.text)) for u in self.corpus.utterances]
+
+    # ------------------------------------------------------------------ model
+    def model_spec(self) -> ModelSpec:
+        tok = self.tokenizer
+        return ModelSpec(
+            task=self.name,
+            name="las",
+            num_classes=tok.vocab_size,
+            last_weight=f"{OUTPUT_LAYER}.weight",
+            last_bias=f"{OUTPUT_LAYER}.bias",
+            build=partial(self.build_model),
+            input_shape=None,
+            extras={"pad_id": tok.pad_id, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
+                    "unk_id": tok.unk_id, "target_tokens": "pieces + eos"},
+        )  # fmt: skip
+
+    def build_model(self) -> LAS:
+        tok = self.tokenizer
+        return LAS(tok.vocab_size, pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id,
+                   **self.model_options)  # fmt: skip
+
+    # ------------------------------------------------------------------ data
+    @cache  # noqa: B019 (one task object per process)
+    def partitions(self, num_partitions: int) -> list[np.ndarray]:
+        """Disjoint, non-empty index arrays into the corpus (train split), one per client."""
+        train = self.corpus.indices("train")
+        if not 1 <= num_partitions <= len(train):
+            raise ValueError(f"num_partitions must be in [1, {len(train)}], got {num_partitions}")
+        if self.partition == "iid":
+            order = np.random.default_rng(self.seed).permutation(train)
+        else:
+            utts = self.corpus.utterances
+            order = np.array(sorted(train, key=lambda i: (utts[i].speaker, utts[i].uid)))
+        return [np.sort(p) for p in np.array_split(order, num_partitions)]
+
+    def batch(self, indices, device: torch.device | str = "cpu"):
+        """Padded tensors `(feats, lengths, decoder inputs, targets)` of corpus utterances."""
+        feats = [self.corpus.feature(int(i)) for i in indices]
+        targets = [list(self.targets[int(i)]) for i in indices]
+        x, lengths, inp, y = pad_batch(feats, targets, self.tokenizer.pad_id, self.tokenizer.bos_id)
+        return x.to(device), lengths, inp.to(device), y.to(device)
+
+    def loss(self, model: LAS, indices, device="cpu", label_smoothing: float = 0.0):
+        """Teacher-forced cross entropy, mean over the target tokens of the utterances."""
+        x, lengths, inp, y = self.batch(indices, device)
+        logits = model(x, lengths, inp)
+        return F.cross_entropy(
+            logits.flatten(0, 1), y.flatten(), ignore_index=self.tokenizer.pad_id,
+            label_smoothing=label_smoothing,
+        )  # fmt: skip
+
+    def sgd_steps(
+        self, model: LAS, steps, lr: float, device="cpu", label_smoothing: float = 0.0
+    ) -> tuple[list[float], Steps]:
+        """Plain SGD in place, one step per list of utterance indices in `steps`.
+        Returns the losses and the target token ids per step per utterance (the truth)."""
+        model.to(device).train()
+        losses = []
+        for indices in steps:
+            loss = self.loss(model, indices, device, label_smoothing)
+            sgd_step(model, loss, lr)
+            losses.append(float(loss.detach()))
+        tokens = tuple(tuple(self.targets[int(i)] for i in step) for step in steps)
+        return losses, tokens
+
+    # ------------------------------------------------------------------ Task protocol
+    def local_train(
+        self,
+        model: torch.nn.Module,
+        partition_id: int,
+        num_partitions: int,
+        config: TrainConfig,
+        device: torch.device,
+    ) -> TrainResult:
+        """K steps of N utterances drawn from the partition (seeded by seed, round, partition)."""
+        if config.mixup_alpha > 0:
+            raise ValueError("mixup is not defined for speech recognition; set mixup_alpha: 0")
+        own = self.partitions(num_partitions)[partition_id]
+        k, n = config.local_steps, config.batch_size
+        rng = np.random.default_rng([config.seed, config.round, partition_id])
+        picks = rng.choice(own, size=(k, n), replace=len(own) < k * n)
+        losses, tokens = self.sgd_steps(model, picks, config.lr, device, config.label_smoothing)
+        truth = Truth(labels=np.zeros((k, 0), dtype=np.int64), tokens=tokens)
+        return TrainResult(k * n, {"train_loss": float(np.mean(losses))}, truth)
+
+    def eval_indices(self) -> np.ndarray:
+        """The evaluation subset of the test split (seeded), ordered by duration (less padding)."""
+        test = self.corpus.indices("test")
+        if 0 < self.eval_utterances < len(test):
+            rng = np.random.default_rng(self.seed)
+            test = rng.choice(test, self.eval_utterances, replace=False)
+        return np.array(sorted(test, key=lambda i: (self.corpus.utterances[i].frames, i)), int)
+
+    @torch.no_grad()
+    def transcribe(self, model: LAS, indices, device="cpu", batch_size: int = 16) -> list[str]:
+        """Greedy transcripts of corpus utterances (the transcripts are not used)."""
+        model.to(device).eval()
+        out = []
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            x, lengths, _, _ = self.batch(chunk, device)
+            # At most one piece per 80 ms of audio (speech has about one per 200 ms).
+            ids = model.greedy(x, lengths, max_len=int(lengths.max()) // 8 + 5)
+            out += [self.tokenizer.decode(seq) for seq in ids]
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, device: torch.device) -> dict[str, float]:
+        """Token-mean teacher-forced loss and greedy WER on the evaluation subset (test split)."""
+        idx = self.eval_indices()
+        model.to(device).eval()
+        loss_sum, count = 0.0, 0
+        for start in range(0, len(idx), 16):
+            chunk = idx[start : start + 16]
+            x, lengths, inp, y = self.batch(chunk, device)
+            logits = model(x, lengths, inp)
+            loss_sum += float(
+                F.cross_entropy(logits.flatten(0, 1), y.flatten(),
+                                ignore_index=self.tokenizer.pad_id, reduction="sum")
+            )  # fmt: skip
+            count += int((y != self.tokenizer.pad_id).sum())
+        hyps = self.transcribe(model, idx, device)
+        refs = [self.corpus.utterances[int(i)].text for i in idx]
+        return {"loss": loss_sum / count, "wer": word_error_rate(refs, hyps)}
