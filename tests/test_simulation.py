@@ -380,3 +380,24 @@ def test_rlg_scores_in_the_round_log_and_beat_yin_on_silu_features(run_fedsim):
     assert rlg["recall"].mean() == 1.0 and rlg["f1"].mean() >= 0.9
     assert (rlg["length_error"] == 0).mean() >= 0.8  # S estimated from the spectrum, no oracle
     assert yin["precision"].mean() < rlg["precision"].mean()
+
+
+@pytest.mark.parametrize("augment", ["fl.label_smoothing=0.1", "fl.mixup_alpha=1.0"])
+def test_soft_label_and_reconstruction_scores_in_the_round_log(run_fedsim, augment):
+    logs = run_fedsim(
+        "attack=[soft_label,reconstruct]", "fl.batch_size=1", "fl.keep_inputs=true", augment,
+        "fl.clients=2", "fl.rounds=1", name=augment.split("=")[0],
+    )  # fmt: skip
+    attacks = logs.attacks.set_index("attack")
+    soft = attacks.loc[["soft_label"]]
+    assert (soft["status"] == "ok").all(), soft["message"].tolist()
+    assert (soft["success"] == 1.0).all() and (soft["kind_correct"] == 1.0).all()
+    assert (soft["feature_cosine"] > 0.9999).all()
+    recon = attacks.loc[["reconstruct"]]
+    assert (recon["status"] == "ok").all() and (recon["psnr"] > 40).all()
+
+
+def test_soft_label_is_not_applicable_for_batches(run_fedsim):
+    logs = run_fedsim("attack=[soft_label]", "fl.batch_size=4", "fl.label_smoothing=0.1")
+    assert (logs.attacks["status"] == "not_applicable").all()
+    assert logs.attacks["message"].str.contains("batch").all()
