@@ -43,6 +43,11 @@ class RLGAttack:
     def check(self, model: ModelSpec, train_config: Mapping[str, Any]) -> str | None:
         if model.last_weight is None:
             return "RLG needs a last linear layer (ModelSpec.last_weight is None)"
+        if self.known_count and model.task == "asr":
+            return (
+                "known_count=true uses S = batch_size * local_steps, but for speech S is the "
+                "number of target tokens, unknown to the server: use known_count=false"
+            )
         return None
 
     def __call__(self, view: ServerView, findings: Mapping[str, Finding]) -> Finding:
