@@ -76,6 +76,9 @@ def build_client_app(cfg: dict) -> ClientApp:
         train_config = TrainConfig.from_record({**config, "round": config["server-round"]})
         model = spec.build()
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        # Dropout and other torch randomness depend on (seed, round, client) only, not on which
+        # Ray actor runs the client: runs reproduce on every backend.
+        torch.manual_seed(hash((train_config.seed, train_config.round, pid)) % 2**63)
         result = task.local_train(model, pid, nparts, train_config, resolve_device(cfg["device"]))
         metrics = {"num-examples": result.num_examples, **result.metrics}
         metrics["train_seconds"] = time.perf_counter() - start
