@@ -10,7 +10,7 @@ pseudo-gradient `-update / lr` is the sum of the K local steps' gradients.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -95,6 +95,41 @@ class ServerView:
     def pseudo_gradient(self, name: str) -> torch.Tensor:
         """`(before - after) / lr` for parameter `name`: the sum of the local steps' gradients."""
         return -self.update[name] / self.lr
+
+    @classmethod
+    def from_local_steps(
+        cls,
+        model: torch.nn.Module,
+        step_losses: Sequence[Callable[[torch.nn.Module], torch.Tensor]],
+        spec: ModelSpec,
+        lr: float,
+        batch_size: int,
+        round: int = 1,
+        client_id: int = 0,
+    ) -> ServerView:
+        """The view of a client that ran plain SGD (`p <- p - lr * grad`) on `model` in place,
+        one step per loss function (each maps the model to the step's scalar loss).
+
+        Builds attack inputs outside a simulation (notebooks, tests, other frameworks).
+        """
+        before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        params = [p for p in model.parameters() if p.requires_grad]
+        for loss_of in step_losses:
+            grads = torch.autograd.grad(loss_of(model), params, allow_unused=True)
+            with torch.no_grad():
+                for p, g in zip(params, grads, strict=True):
+                    if g is not None:
+                        p.sub_(lr * g)
+        after = model.state_dict()
+        return cls(
+            round=round,
+            client_id=client_id,
+            global_model=frozen_tensors(before),
+            update=frozen_tensors({k: after[k] - before[k] for k in before}),
+            train_config={"lr": lr, "local_steps": len(step_losses), "batch_size": batch_size},
+            num_examples=batch_size * len(step_losses),
+            model=spec,
+        )
 
     def global_module(self) -> torch.nn.Module:
         """A fresh module holding the global model that was sent (eval mode)."""

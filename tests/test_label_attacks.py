@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from attacks.label_attacks import IDLGAttack, RLGAttack, YinAttack
-from fedsim.update import ModelSpec, ServerView, Truth, frozen_tensors
+from fedsim.update import ModelSpec, ServerView, Truth
 
 NUM_CLASSES, IN_DIM, HIDDEN = 40, 12, 24
 
@@ -29,27 +29,15 @@ def client_round(act, batch_size, local_steps, lr=0.1, seed=1):
         build=lambda: build(act),
         input_shape=(IN_DIM,),
     )
-    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     gen = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, NUM_CLASSES, (local_steps, batch_size), generator=gen)
     labels[:, 0] = labels[0, 0]  # a label repeated across steps
-    for step in range(local_steps):
-        x = torch.randn(batch_size, IN_DIM, generator=gen)
-        loss = nn.functional.cross_entropy(model(x), labels[step])
-        grads = torch.autograd.grad(loss, list(model.parameters()))
-        with torch.no_grad():
-            for p, g in zip(model.parameters(), grads, strict=True):
-                p.sub_(lr * g)
-    after = model.state_dict()
-    view = ServerView(
-        round=1,
-        client_id=0,
-        global_model=frozen_tensors(before),
-        update=frozen_tensors({k: after[k] - before[k] for k in before}),
-        train_config={"lr": lr, "local_steps": local_steps, "batch_size": batch_size},
-        num_examples=batch_size * local_steps,
-        model=spec,
-    )
+    xs = [torch.randn(batch_size, IN_DIM, generator=gen) for _ in range(local_steps)]
+    losses = [
+        lambda m, x=x, y=y: nn.functional.cross_entropy(m(x), y)
+        for x, y in zip(xs, labels, strict=True)
+    ]
+    view = ServerView.from_local_steps(model, losses, spec, lr, batch_size=batch_size)
     return view, Truth(labels=labels.numpy())
 
 

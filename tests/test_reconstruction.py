@@ -163,24 +163,11 @@ SPEC = ModelSpec(
 
 def _view(lr: float = 0.1):
     model = _mlp()
-    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     torch.manual_seed(3)
     x = torch.rand(1, 1, 6, 6)
     y = _smooth(5, 4, 0.25)
-    F.cross_entropy(model(x), y[None]).backward()
-    with torch.no_grad():
-        for p in model.parameters():
-            p -= lr * p.grad
-    after = model.state_dict()
-    view = ServerView(
-        round=1,
-        client_id=0,
-        global_model=before,
-        update={k: after[k] - before[k] for k in before},
-        train_config={"lr": lr, "local_steps": 1, "batch_size": 1},
-        num_examples=1,
-        model=SPEC,
-    )
+    loss = lambda m: F.cross_entropy(m(x), y[None])  # noqa: E731
+    view = ServerView.from_local_steps(model, [loss], SPEC, lr, batch_size=1)
     truth = Truth(labels=np.array([[4]]), soft_labels=y.numpy()[None, None], inputs=x.numpy()[None])
     return view, truth
 

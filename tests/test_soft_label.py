@@ -179,24 +179,11 @@ SPEC = ModelSpec(
 
 def _view(target: torch.Tensor, lr: float = 0.05, batch_size: int = 1, seed: int = 0):
     model = _build()
-    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     torch.manual_seed(seed + 1)
     x = torch.randn(batch_size, 20)
     feats = model[1](model[0](x)).detach()
-    F.cross_entropy(model(x), target.expand(batch_size, -1)).backward()
-    with torch.no_grad():
-        for p in model.parameters():
-            p -= lr * p.grad
-    after = model.state_dict()
-    view = ServerView(
-        round=1,
-        client_id=0,
-        global_model=before,
-        update={k: after[k] - before[k] for k in before},
-        train_config={"lr": lr, "local_steps": 1, "batch_size": batch_size},
-        num_examples=batch_size,
-        model=SPEC,
-    )
+    loss = lambda m: F.cross_entropy(m(x), target.expand(batch_size, -1))  # noqa: E731
+    view = ServerView.from_local_steps(model, [loss], SPEC, lr, batch_size=batch_size)
     truth = Truth(
         labels=np.array([[int(target.argmax())]]),
         soft_labels=target.numpy()[None],
