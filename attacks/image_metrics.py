@@ -31,16 +31,23 @@ def _range(reference: torch.Tensor, data_range: float | None) -> float:
     return span if span > 0 else 1.0
 
 
+def _prepare(
+    image, reference, data_range: float | None
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Both images as (1, C, H, W) batches of the same shape, and the data range."""
+    x, ref = _as_batch(image), _as_batch(reference)
+    if x.shape != ref.shape:
+        raise ValueError(f"image {tuple(x.shape)} and reference {tuple(ref.shape)} differ")
+    return x, ref, _range(ref, data_range)
+
+
 def psnr(
     image: torch.Tensor | np.ndarray,
     reference: torch.Tensor | np.ndarray,
     data_range: float | None = None,
 ) -> float:
     """Peak signal-to-noise ratio in dB; `data_range` defaults to the reference's max - min."""
-    x, ref = _as_batch(image), _as_batch(reference)
-    if x.shape != ref.shape:
-        raise ValueError(f"image {tuple(x.shape)} and reference {tuple(ref.shape)} differ")
-    rng = _range(ref, data_range)
+    x, ref, rng = _prepare(image, reference, data_range)
     if _tm_psnr is not None:
         return float(_tm_psnr(x, ref, data_range=rng))
     mse = float(((x - ref) ** 2).mean())
@@ -54,10 +61,7 @@ def ssim(
 ) -> float:
     """Structural similarity (Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03), mean over
     the image; `data_range` defaults to the reference's max - min."""
-    x, ref = _as_batch(image), _as_batch(reference)
-    if x.shape != ref.shape:
-        raise ValueError(f"image {tuple(x.shape)} and reference {tuple(ref.shape)} differ")
-    rng = _range(ref, data_range)
+    x, ref, rng = _prepare(image, reference, data_range)
     if _tm_ssim is not None:
         return float(_tm_ssim(x, ref, data_range=rng))
     return _ssim(x, ref, rng)

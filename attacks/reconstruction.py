@@ -31,6 +31,7 @@ __all__ = [
     "fcn_layers",
     "gradient_matching",
     "invert_fcn",
+    "sample_gradients",
 ]
 
 ACTIVATION_SLOPES = {
@@ -40,6 +41,19 @@ ACTIVATION_SLOPES = {
     "identity": torch.ones_like,
 }
 _MODULE_ACTS = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Identity: "identity"}
+
+
+def sample_gradients(
+    module: nn.Module, x: torch.Tensor, target: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Gradients of one sample's soft-target cross entropy, by parameter name.
+
+    `x` is one input without the batch dimension, `target` a (C,) probability vector.
+    """
+    params = dict(module.named_parameters())
+    loss = F.cross_entropy(module(x[None]), target[None])
+    grads = torch.autograd.grad(loss, list(params.values()))
+    return {name: g.detach() for name, g in zip(params, grads, strict=True)}
 
 
 def fcn_layers(module: nn.Module) -> tuple[list[str], str] | None:

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attacks.image_metrics import psnr, ssim
-from attacks.reconstruction import dlg, gradient_matching, invert_fcn
+from attacks.reconstruction import dlg, gradient_matching, invert_fcn, sample_gradients
 from attacks.soft_label import recover_soft_label
 from fedsim.data.fashion_mnist import load_fashion_mnist
 from fedsim.models.image import build_image_model
@@ -56,18 +55,6 @@ def smoothing_label(rng, num_classes: int = 10) -> torch.Tensor:
     y = torch.full((num_classes,), eps / num_classes)
     y[int(rng.integers(num_classes))] += 1 - eps
     return y
-
-
-def grads_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    params = dict(model.named_parameters())
-    loss = F.cross_entropy(model(x[None]), y[None])
-    return dict(
-        zip(
-            params,
-            [g.detach() for g in torch.autograd.grad(loss, list(params.values()))],
-            strict=True,
-        )
-    )
 
 
 def fcn4(activation: str) -> nn.Module:
@@ -102,7 +89,7 @@ def fcn_benchmark(quick: bool, dlg_images: int | None = None, dlg_iterations: in
         res = {"psnr": [], "ssim": [], "label_l1": [], "seconds": []}
         for x in images:
             y = smoothing_label(rng)
-            grads = grads_of(model, x, y)
+            grads = sample_gradients(model, x, y)
             t0 = time.perf_counter()
             soft = recover_soft_label(grads[names[-1]], params[names[-1]])
             x_hat = head_inversion(params, grads, names, "", activation, soft)[0]
@@ -114,7 +101,7 @@ def fcn_benchmark(quick: bool, dlg_images: int | None = None, dlg_iterations: in
         base = {"psnr": [], "ssim": []}
         for x in images[:n_dlg]:
             y = smoothing_label(rng)
-            r = dlg(model, grads_of(model, x, y), x.shape, iterations=dlg_iterations)
+            r = dlg(model, sample_gradients(model, x, y), x.shape, iterations=dlg_iterations)
             base["psnr"].append(psnr(r.x, x, data_range=1.0))
             base["ssim"].append(ssim(r.x, x, data_range=1.0))
         out[activation] = {"analytic": _agg(res), "dlg": _agg(base)}
@@ -157,7 +144,7 @@ def lenet_benchmark(quick: bool, images: int | None = None, iterations: int | No
             model = build_image_model("lenet", activation=activation)
             params = dict(model.named_parameters())
             y = smoothing_label(rng)
-            grads = grads_of(model, x, y)
+            grads = sample_gradients(model, x, y)
             soft = recover_soft_label(
                 grads["fc3.weight"], params["fc3.weight"], params["fc3.bias"], grads["fc3.bias"]
             )

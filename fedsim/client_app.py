@@ -8,7 +8,6 @@ ground truth (labels per step, soft labels, inputs when asked) for scoring attac
 
 from __future__ import annotations
 
-import json
 import time
 from functools import lru_cache
 
@@ -18,7 +17,7 @@ from flwr.clientapp import ClientApp
 
 from fedsim.audit import encode_truth
 from fedsim.defense_mod import make_defense_mod
-from fedsim.factory import build_defense, build_task, resolve_device
+from fedsim.factory import build_defense, build_task, config_key, resolve_device
 from fedsim.tasks.base import TrainConfig
 
 __all__ = ["app", "build_client_app"]
@@ -40,7 +39,7 @@ _MODS: dict[str, object] = {}
 def _defense_mod(cfg: dict):
     """The defense as a client mod, built in the process that runs it (Ray actors build their
     own, so nothing large is pickled with the app), once per process and config."""
-    key = json.dumps(cfg, sort_keys=True, default=str)
+    key = config_key(cfg)
 
     def mod(msg: Message, context: Context, call_next):
         if key not in _MODS:

@@ -19,7 +19,8 @@ from fedsim.tasks.base import Task
 __all__ = ["build_attacks", "build_defense", "build_task", "resolve_device"]
 
 
-def _key(cfg: Any) -> str:
+def config_key(cfg: Any) -> str:
+    """A canonical string of a config node (the key of per-process caches)."""
     return json.dumps(cfg, sort_keys=True, default=str)
 
 
@@ -46,7 +47,7 @@ def _task_from_json(text: str) -> Task:
 
 def build_task(cfg: dict) -> Task:
     """The task of `cfg["task"]` (a `_target_` node), cached per process."""
-    return _task_from_json(_key(cfg["task"]))
+    return _task_from_json(config_key(cfg["task"]))
 
 
 def build_attacks(cfg: dict) -> list:

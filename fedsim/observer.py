@@ -114,6 +114,7 @@ class Observer:
             partition_of: node id -> partition id.
         """
         keep: list[Message] = []
+        sent_tensors: dict[int, dict[str, torch.Tensor]] = {}  # one conversion per record sent
         stats = {"clients": len(sent), "ok": 0, "failures": 0, "non_finite": 0}
         for reply in sorted(replies, key=lambda r: partition_of.get(r.metadata.src_node_id, -1)):
             node = reply.metadata.src_node_id
@@ -128,7 +129,9 @@ class Observer:
                 truth = decode_truth(reply.content["audit"]["truth"])
                 del reply.content["audit"]
             arrays, config = sent[node]
-            before = _to_tensors(arrays)
+            if id(arrays) not in sent_tensors:
+                sent_tensors[id(arrays)] = _to_tensors(arrays)
+            before = sent_tensors[id(arrays)]
             after = _to_tensors(reply.content["arrays"])
             update = {k: after[k] - before[k] for k in before}
             metrics = dict(next(iter(reply.content.metric_records.values())))

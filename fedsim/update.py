@@ -112,14 +112,11 @@ class ServerView:
 
         Builds attack inputs outside a simulation (notebooks, tests, other frameworks).
         """
+        from fedsim.training import sgd_step
+
         before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        params = [p for p in model.parameters() if p.requires_grad]
         for loss_of in step_losses:
-            grads = torch.autograd.grad(loss_of(model), params, allow_unused=True)
-            with torch.no_grad():
-                for p, g in zip(params, grads, strict=True):
-                    if g is not None:
-                        p.sub_(lr * g)
+            sgd_step(model, loss_of(model), lr)
         after = model.state_dict()
         return cls(
             round=round,

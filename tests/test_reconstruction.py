@@ -11,23 +11,17 @@ from torch import nn
 import attacks.image_metrics as im
 from attacks.base import NOT_APPLICABLE
 from attacks.recon_attack import ReconstructAttack, Reconstruction, linear_head
-from attacks.reconstruction import dlg, fcn_layers, gradient_matching, invert_fcn
+from attacks.reconstruction import (
+    dlg,
+    fcn_layers,
+    gradient_matching,
+    invert_fcn,
+    sample_gradients,
+)
 from attacks.soft_label import recover_soft_label
 from attacks.soft_label_attack import SoftLabelAttack
 from fedsim.models.image import MLP
 from fedsim.update import ModelSpec, ServerView, Truth
-
-
-def _grads(model, x, y):
-    params = dict(model.named_parameters())
-    loss = F.cross_entropy(model(x[None]), y[None])
-    return dict(
-        zip(
-            params,
-            [g.detach() for g in torch.autograd.grad(loss, list(params.values()))],
-            strict=True,
-        )
-    )
 
 
 def _smooth(c: int, k: int, eps: float) -> torch.Tensor:
@@ -51,7 +45,7 @@ def test_invert_fcn_is_exact_without_bias_gradients(activation, bias):
     )
     x = torch.rand(3, 4, 4)
     y = _smooth(6, 2, 0.3)
-    grads = _grads(model, x, y)
+    grads = sample_gradients(model, x, y)
     params = dict(model.named_parameters())
     names, found_act = fcn_layers(model)
     assert found_act == activation and names[-1] == "5.weight"
@@ -99,7 +93,7 @@ def test_gradient_matching_with_recovered_label_and_features_beats_dlg():
     model = _TinyCNN()
     x = torch.rand(1, 8, 8)
     y = _smooth(5, 1, 0.2)
-    grads = _grads(model, x, y)
+    grads = sample_gradients(model, x, y)
     params = dict(model.named_parameters())
     soft = recover_soft_label(
         grads["fc2.weight"], params["fc2.weight"], params["fc2.bias"], grads["fc2.bias"]
