@@ -37,7 +37,7 @@ try:  # optional: keeps small problems single-threaded (BLAS threads thrash on a
 except ImportError:  # pragma: no cover
     threadpool_limits = None
 
-__all__ = ["counts_from_bias", "reveal_labels"]
+__all__ = ["counts_from_bias", "counts_from_bias_ratios", "reveal_labels"]
 
 
 def _as_array(x: Any, name: str) -> np.ndarray:
@@ -61,6 +61,7 @@ def reveal_labels(
     rank_ratio: float = 4.0,
     rank_floor: float = 10.0,
     feas_tol: float = 1e-9,
+    noise_cut: float = 5.0,
     seed: int = 0,
     threads: int | None = 1,
 ) -> Finding:
@@ -78,6 +79,11 @@ def reveal_labels(
             per class against all classes: the slow reference).
         rank_ratio, rank_floor: the rank rule's gap ratio and floor (units of eps(dtype) * s_1).
         feas_tol: slack of the separating hyperplane's constraints (unit-norm rows).
+        noise_cut: class points shorter than `noise_cut` times the estimated noise of a point
+            (`RowSpace.point_noise`) are set to zero before the separability test: their
+            direction is rounding noise (classes a trained model gives ~0 probability
+            everywhere), and the test is scale-free, so such points would otherwise hide the
+            labels. 0 disables it.
         seed: seed of the randomized range finder.
         threads: BLAS threads during the call (default 1; None keeps the library's setting).
             On a busy 2-core CPU two BLAS threads were 2.5-6x slower than one (16000 x 2048);
@@ -116,7 +122,9 @@ def reveal_labels(
     if threads is not None and threadpool_limits is not None:
         limit = threadpool_limits(limits=int(threads), user_api="blas")
     with limit:
-        return _reveal(w, num_labels, bias, method, rank_ratio, rank_floor, feas_tol, seed, start)
+        return _reveal(
+            w, num_labels, bias, method, rank_ratio, rank_floor, feas_tol, noise_cut, seed, start
+        )
 
 
 def _reveal(
@@ -127,63 +135,100 @@ def _reveal(
     rank_ratio: float,
     rank_floor: float,
     feas_tol: float,
+    noise_cut: float,
     seed: int,
     start: float,
 ) -> Finding:
     row_sum = float(np.linalg.norm(w.sum(axis=0, dtype=np.float64)) / np.linalg.norm(w))
-
-    space = row_space(w, num_labels, ratio=rank_ratio, floor=rank_floor, seed=seed)
-    diag: dict[str, Any] = {
-        "rank": space.rank,
-        "rank_method": space.method,
-        "sketch_size": space.sketch_size,
-        "rank_gap": _gap(space.singular_values, space.rank),
-        "row_sum_residual": row_sum,
-        "seconds_row_space": time.perf_counter() - start,
-    }
-    if space.rank == 0:
-        return not_applicable("weight update has numerical rank 0", **diag)
-    if space.rank >= space.structural_rank:
-        return not_applicable(
-            f"rank {space.rank} reaches min(C - 1, d') = {space.structural_rank}: "
-            "S >= min(C - 1, d) or noise without a spectral gap; the label set is not identifiable",
-            **diag,
-        )
-
-    if method == "lp":
-        labels = np.flatnonzero(separable_lp(space.basis))
-    else:
-        dec = separable_fast(space.basis, feas_tol=feas_tol)
-        diag.update(
-            candidates=dec.candidates,
-            nnls_calls=dec.nnls_calls,
-            lp_calls=dec.lp_calls,
-            rounds=dec.rounds,
-            min_margin=dec.min_margin,
-            max_residual=dec.max_residual,
-        )
-        if not dec.spans:
-            return not_applicable(
-                "the class points do not positively span the row space: the update lacks the "
-                "softmax cross-entropy structure",
-                **diag,
+    after, first = 0, None
+    for attempt in range(MAX_GAP_TRIES):
+        space = row_space(w, num_labels, ratio=rank_ratio, floor=rank_floor, seed=seed, after=after)
+        diag: dict[str, Any] = {
+            "rank": space.rank,
+            "rank_method": space.method,
+            "sketch_size": space.sketch_size,
+            "rank_gap": _gap(space.singular_values, space.rank),
+            "row_sum_residual": row_sum,
+            "seconds_row_space": time.perf_counter() - start,
+            "gap_tries": attempt + 1,
+        }
+        reason = None
+        if space.rank == 0:
+            reason = "weight update has numerical rank 0"
+        elif space.rank >= space.structural_rank:
+            reason = (
+                f"rank {space.rank} reaches min(C - 1, d') = {space.structural_rank}: S >= "
+                "min(C - 1, d) or noise without a spectral gap; the label set is not identifiable"
             )
-        labels = dec.separable
-    diag["seconds"] = time.perf_counter() - start
-    if labels.size == 0 or labels.size > space.rank:
-        return not_applicable(
-            f"{labels.size} separable classes for rank {space.rank} (expected 1..rank): the update "
-            "lacks the softmax cross-entropy structure (defense, label smoothing, or noise)",
-            **diag,
-        )
-    counts, how = _counts(labels, space.rank, bias)
+        else:
+            labels, reason = _separable(space, method, feas_tol, noise_cut, diag)
+            diag["seconds"] = time.perf_counter() - start
+            if reason is None and not 0 < labels.size <= space.rank:
+                reason = (
+                    f"{labels.size} separable classes for rank {space.rank} (expected 1..rank): "
+                    "the update lacks the softmax cross-entropy structure (defense, label "
+                    "smoothing, or noise)"
+                )
+        if reason is None:
+            break
+        first = first or (reason, diag)
+        # A gap among the first singular values (one dominant direction, e.g. features that
+        # share a large mean) can hide the true rank further down: try the next gap.
+        if num_labels is not None or not 0 < space.rank < space.structural_rank - 1:
+            break
+        after = space.rank
+    if reason is not None:
+        return not_applicable(first[0], **{**first[1], "gap_tries": diag["gap_tries"]})
+    total = int(num_labels) if num_labels is not None else space.rank
+    counts, how = _counts(labels, total, bias, estimated=num_labels is None)
     diag["counts"] = how
+    if num_labels is None and counts:
+        total = sum(counts.values())
     return LabelSet(
         labels=tuple(int(c) for c in labels),
-        num_labels=space.rank,
+        num_labels=total,
         counts=counts,
         diagnostics=diag,
     )
+
+
+MAX_GAP_TRIES = 3
+NOISE_TOL_MAX = 1e-2  # a larger residual is not rounding noise (a defense, noise added on purpose)
+
+
+def _separable(
+    space: Any, method: str, feas_tol: float, noise_cut: float, diag: dict[str, Any]
+) -> tuple[np.ndarray, str | None]:
+    """The separable classes of the row-space points, or (empty, reason)."""
+    points = space.basis
+    # Noise along one direction: the point noise is an RMS norm over `rank` directions.
+    noise_tol = noise_cut * space.point_noise / np.sqrt(space.rank)
+    scale = float(np.sqrt(np.max(np.einsum("ij,ij->i", points, points))))
+    if noise_tol > NOISE_TOL_MAX * scale:
+        diag["noise_tol_skipped"] = noise_tol
+        noise_tol = 0.0  # the residual is not small rounding noise: exact test
+    if noise_tol > 0:
+        quiet = np.einsum("ij,ij->i", points, points) <= noise_tol**2
+        diag.update(noise_tol=noise_tol, quiet_points=int(quiet.sum()))
+        if quiet.any():  # they constrain nothing (module doc of rlg_cone)
+            points = np.where(quiet[:, None], 0.0, points)
+    if method == "lp":
+        return np.flatnonzero(separable_lp(points, noise_tol=noise_tol)), None
+    dec = separable_fast(points, feas_tol=feas_tol, noise_tol=noise_tol)
+    diag.update(
+        candidates=dec.candidates,
+        nnls_calls=dec.nnls_calls,
+        lp_calls=dec.lp_calls,
+        rounds=dec.rounds,
+        min_margin=dec.min_margin,
+        max_residual=dec.max_residual,
+    )
+    if not dec.spans:
+        return dec.separable, (
+            "the class points do not positively span the row space: the update lacks the "
+            "softmax cross-entropy structure"
+        )
+    return dec.separable, None
 
 
 def _gap(sv: np.ndarray, rank: int) -> float:
@@ -193,9 +238,12 @@ def _gap(sv: np.ndarray, rank: int) -> float:
 
 
 def _counts(
-    labels: np.ndarray, total: int, bias: np.ndarray | None
+    labels: np.ndarray, total: int, bias: np.ndarray | None, estimated: bool = True
 ) -> tuple[dict[int, int] | None, str]:
     if labels.size == total:
+        repeated = counts_from_bias_ratios(bias, labels) if bias is not None and estimated else None
+        if repeated is not None and max(repeated.values()) > 1:
+            return repeated, "bias ratios (rank = |L|: repeated labels share one direction)"
         return {int(c): 1 for c in labels}, "all distinct (|L| = S)"
     if labels.size == 1:
         return {int(labels[0]): total}, "single label"
@@ -204,6 +252,41 @@ def _counts(
     if not np.any(bias):
         return None, "not identifiable: the bias update is zero"
     return counts_from_bias(bias, labels, total), "bias"
+
+
+def counts_from_bias_ratios(
+    bias_update: np.ndarray, labels: np.ndarray, tolerance: float = 0.25
+) -> dict[int, int] | None:
+    """Label counts from the bias alone, when the weight update cannot tell them apart.
+
+    At an untrained model the softmax barely depends on the input, so samples with the same
+    label give (numerically) the same gradient direction: the rank of the weight update is |L|,
+    not S. The bias still weighs each label by its count: `P_c - n_c` with P_c about equal for
+    all classes, so `n_c` is proportional to (non-label mean - bias gradient_c). The counts are
+    these values over the mass of one count (the smallest, then refitted as the median of
+    value / count), accepted only when every ratio is within `tolerance` of an integer (else
+    None: a trained model's unequal P_c blur them). One step only: over K steps each step's
+    mean divides by its own token count. Any sign and scale.
+    """
+    if not np.any(bias_update) or labels.size < 2:
+        return None
+    b = np.asarray(bias_update, dtype=np.float64)
+    mask = np.zeros(b.shape[0], dtype=bool)
+    mask[labels] = True
+    if mask.all():
+        return None
+    grad = b if b[mask].sum() < 0 else -b
+    raw = float(grad[~mask].mean()) - grad[mask]
+    if raw.min() <= 0:
+        return None
+    unit = raw.min()
+    for _ in range(3):  # refit the unit (one count's mass) on all labels: the min alone is noisy
+        counts = np.maximum(np.rint(raw / unit), 1.0)
+        unit = float(np.median(raw / counts))
+    ratio = raw / unit
+    if np.max(np.abs(ratio - counts)) > tolerance:
+        return None
+    return {int(c): int(n) for c, n in zip(labels, counts, strict=True)}
 
 
 def counts_from_bias(bias_update: np.ndarray, labels: np.ndarray, total: int) -> dict[int, int]:

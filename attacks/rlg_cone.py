@@ -16,6 +16,14 @@ Rows are scaled to unit norm. The fast decider accepts c when its hyperplane u (
 `u . q_c = -1`) has `u . q_j >= -feas_tol` for all j != c, and rejects it when the NNLS residual
 is at most `res_tol`; the LP solves the membership problem with HiGHS' primal feasibility
 tolerance (1e-7). The two agree except on points within about that of the cone's boundary.
+
+Noise (`noise_tol` = t > 0, in the points' own units): the points of a float32 update carry
+rounding noise, and the cone test is scale-free, so a short point (a class the model gives ~0
+probability) has a random direction and can hide a label. With noise the test asks for a
+hyperplane u (`u . q_c/|q_c| = -1`) with `u . q_j >= -t` for the raw points q_j, so a point
+shorter than t constrains nothing. By Farkas this fails iff `q_c/|q_c| = sum_j l_j q_j` with
+`l >= 0` and `t * sum_j l_j < 1`: c is rejected only by a combination of bounded weight. t = 0
+is the exact test above.
 """
 
 from __future__ import annotations
@@ -107,43 +115,60 @@ def positive_spanning_set(
 
 
 def separable_lp(
-    points: np.ndarray, classes: np.ndarray | None = None, lp_tol: float = LP_TOL
+    points: np.ndarray,
+    classes: np.ndarray | None = None,
+    lp_tol: float = LP_TOL,
+    noise_tol: float = 0.0,
 ) -> np.ndarray:
     """Reference: for each c in `classes` (default all), is q_c separable from all others?
 
     One HiGHS LP per point against all other points (rows scaled to unit norm): q_c is
-    separable iff `q_c = sum_j lambda_j q_j, lambda >= 0` is infeasible. Returns a bool array
-    aligned with `classes`.
+    separable iff `q_c = sum_j lambda_j q_j, lambda >= 0` is infeasible (with `noise_tol`:
+    infeasible with `noise_tol * sum_j lambda_j |q_j|^-1 < 1`, module doc). Returns a bool
+    array aligned with `classes`.
     """
-    unit = _unit_rows(np.asarray(points, dtype=np.float64))
+    points = np.asarray(points, dtype=np.float64)
+    unit = _unit_rows(points)
+    norms = np.linalg.norm(points, axis=1)
     classes = np.arange(unit.shape[0]) if classes is None else np.asarray(classes)
     out = np.zeros(len(classes), dtype=bool)
     for i, c in enumerate(classes):
-        out[i] = _lp_one(unit, int(c), lp_tol)
+        out[i] = _lp_one(unit, int(c), lp_tol, norms, noise_tol)
     return out
 
 
-def _lp_one(unit: np.ndarray, c: int, lp_tol: float) -> bool:
+def _lp_one(
+    unit: np.ndarray, c: int, lp_tol: float, norms: np.ndarray | None = None, noise_tol: float = 0.0
+) -> bool:
     """Is q_c outside cone{q_j, j != c}? HiGHS LP: lambda >= 0 with sum_j lambda_j q_j = q_c.
 
+    With `noise_tol` the LP minimises the weight `sum_j lambda_j / |q_j|` and q_c counts as
+    separable unless `noise_tol` times that weight is below 1.
     (This membership form has only r equality rows; the separating-hyperplane form with C
     inequality rows is equivalent by Farkas but stalls HiGHS' simplex on these degenerate LPs.)
     """
     if not np.any(unit[c]):
         return False
-    others = np.delete(unit, c, axis=0)
+    keep = np.any(unit != 0, axis=1)
+    keep[c] = False
+    others = unit[keep]
+    cost = np.zeros(len(others))
+    if noise_tol > 0 and norms is not None:
+        cost = 1.0 / norms[keep]
     tries = (("highs", True), ("highs-ipm", True), ("highs-ds", False))
     for method, presolve in tries:  # HiGHS occasionally ends "Unknown" on degenerate inputs
         res = linprog(
-            np.zeros(len(others)),
+            cost,
             A_eq=others.T,
             b_eq=unit[c],
             bounds=(0, None),
             method=method,
             options={"primal_feasibility_tolerance": lp_tol, "presolve": presolve},
         )
-        if res.status in (0, 2):
-            return res.status == 2
+        if res.status == 2:
+            return True
+        if res.status == 0:
+            return bool(noise_tol > 0 and noise_tol * res.fun >= 1.0)
     raise RuntimeError(f"HiGHS could not decide point {c}: {res.message}")
 
 
@@ -152,6 +177,7 @@ def separable_fast(
     *,
     feas_tol: float = 1e-9,
     res_tol: float = 1e-9,
+    noise_tol: float = 0.0,
     extra: int | None = None,
     max_rounds: int = 30,
 ) -> ConeDecision:
@@ -161,6 +187,7 @@ def separable_fast(
         points: rows q_c (any scale; zero rows are never separable).
         feas_tol: allowed slack of `u . q_j >= 0` when `u . q_c = -1` (as in the LP).
         res_tol: an NNLS residual (unit rows) at or below this proves c is in the others' cone.
+        noise_tol: absolute noise of the points (module doc); 0 for the exact test.
         extra: size of the first screen set beyond r (default max(8, r // 4)), largest norms first.
         max_rounds: hyperplane/violator rounds before a point falls back to the LP.
     """
@@ -168,6 +195,8 @@ def separable_fast(
     dim = points.shape[1]
     unit = _unit_rows(points)
     norms = np.linalg.norm(points, axis=1)
+    with np.errstate(divide="ignore"):
+        slack = feas_tol + noise_tol / np.where(unit.any(axis=1), norms, 0.0)  # per unit row
     order = np.argsort(-norms, kind="stable")
     order = order[norms[order] > 0]
     first = order[: dim + (max(8, dim // 4) if extra is None else extra)]
@@ -179,16 +208,20 @@ def separable_fast(
     accepted: list[int] = []
     min_margin, max_residual, lp_calls = np.inf, 0.0, 0
     pending = sorted(work)
+    unsettled: list[int] = []
     round_ = 0
     while round_ < max_rounds:
         round_ += 1
         hyper, owners = [], []
         for c in pending:
             a = unit[work[c]].T
-            _, rho = _nnls(a, unit[c])
+            lam, rho = _nnls(a, unit[c])
             calls += 1
             size = float(np.linalg.norm(rho))
             if size <= res_tol:
+                if noise_tol > 0 and noise_tol * float(lam @ (1.0 / norms[work[c]])) >= 1.0:
+                    unsettled.append(c)  # in the cone only with a heavy weight: ask the LP
+                    continue
                 max_residual = max(max_residual, size)
                 continue
             u = -rho / float(unit[c] @ rho)  # u . q_c = -1 (q_c . rho = |rho|^2 > 0)
@@ -202,7 +235,7 @@ def separable_fast(
         for col, c in enumerate(owners):
             m = margins[:, col].copy()
             m[c] = np.inf
-            bad = np.flatnonzero(m < -feas_tol)
+            bad = np.flatnonzero(m < -slack)
             if bad.size == 0:
                 accepted.append(c)
                 min_margin = min(min_margin, float(m.min()))
@@ -213,9 +246,9 @@ def separable_fast(
         if not pending:
             break
     rounds += round_
-    for c in pending:  # did not settle: decide with the reference LP on all points
+    for c in pending + unsettled:  # did not settle: decide with the reference LP on all points
         lp_calls += 1
-        if _lp_one(unit, c, LP_TOL):
+        if _lp_one(unit, c, LP_TOL, norms, noise_tol):
             accepted.append(c)
     return ConeDecision(
         np.array(sorted(accepted), dtype=int),

@@ -10,6 +10,7 @@ taken from the truth), the global model `view.global_module()` and the gradient
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attacks.base import Finding, not_applicable
@@ -29,7 +30,8 @@ class TranscriptAttack:
         init: "span" (default; exact row-space decoding starts restart 0, beyond the paper) or
             "random" (the paper: random restarts only).
         tokenizer_path: optional sentencepiece model file, to decode and score the text; when
-            empty, `view.model.extras["tokenizer_path"]` is used if present.
+            empty, `view.model.extras["tokenizer_path"]` (set by the speech task) is used when
+            that file exists on the server; otherwise the scores are over word pieces.
         options: further keyword options of `reconstruct_transcript` (restarts, steps, lr, ...).
     """
 
@@ -57,6 +59,13 @@ class TranscriptAttack:
         path = self.tokenizer_path or str(view.model.extras.get("tokenizer_path", "") or "")
         if not path:
             return None
+        if not Path(path).is_file():
+            if self.tokenizer_path:  # asked for explicitly: say so
+                raise FileNotFoundError(
+                    f"tokenizer_path {path!r} does not exist: pass the sentencepiece .model file "
+                    "of the task (fedsim.asr.tokenizer), or leave it empty"
+                )
+            return None  # the task's file is not on this machine (deployment): token scores
         if path not in self._tokenizers:
             import sentencepiece as spm
 

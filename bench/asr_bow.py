@@ -3,10 +3,12 @@
 Reproduces the ASR results of Dang et al. (2021) on the offline corpus (`fedsim.asr.corpus`):
 - Table 2 analog: BoW from a one-utterance, one-step update at the untrained, partially trained
   and trained checkpoints (from `bench/asr_train.py`, centralised Adam training), plus the
-  model's test WER; an untrained 16k-piece row.
-- Table 3: (N, K) = (4,1), (8,1), (1,4), (1,8), (2,2) at the trained checkpoint, with the
-  estimated number of tokens and with the true one.
-- Table 4 (ASR column): Sign-SGD, GradDrop 50 % and 90 % on the one-utterance update.
+  model's test WER; "seen" rows: the same on train-split utterances (what clients hold, and
+  what a model that memorises predicts confidently); an untrained 16k-piece row.
+- Table 3: (N, K) = (4,1), (8,1), (1,4), (1,8), (2,2) at the untrained and the trained
+  checkpoint, with the estimated number of tokens and with the true one.
+- Table 4 (ASR column): none, Sign-SGD, GradDrop 50 % and 90 % on the one-utterance update, at
+  the untrained and the trained checkpoint.
 - Seconds per RLG call at 1k and 16k pieces.
 The evaluation set: up to `--per-length` test utterances per transcript length (characters)
 for lengths <= 50. Truth = the target tokens (pieces + eos); scores are those of `LabelSet`.
@@ -47,10 +49,12 @@ PAPER = {
 }  # fmt: skip
 
 
-def eval_set(task: AsrTask, per_length: int, max_chars: int, seed: int = 0) -> list[int]:
-    """Up to `per_length` test utterances for each transcript length <= max_chars."""
+def eval_set(
+    task: AsrTask, per_length: int, max_chars: int, seed: int = 0, split: str = "test"
+) -> list[int]:
+    """Up to `per_length` utterances of `split` for each transcript length <= max_chars."""
     by_len = defaultdict(list)
-    for i in task.corpus.indices("test"):
+    for i in task.corpus.indices(split):
         text = task.corpus.utterances[i].text
         if len(text) <= max_chars:
             by_len[len(text)].append(int(i))
@@ -74,7 +78,8 @@ def attack_update(task, state, steps, lr, defense=None, num_labels="estimate"):
     truth = Truth(labels=np.zeros((len(steps), 0), int), tokens=tokens)
     true_s = sum(len(u) for step in tokens for u in step)
     start = time.perf_counter()
-    found = reveal_labels(update[task.model_spec().last_weight],
+    spec = task.model_spec()  # as the rlg plugin: the projection's weight and bias updates
+    found = reveal_labels(update[spec.last_weight], bias_update=update[spec.last_bias],
                           num_labels=true_s if num_labels == "true" else None)  # fmt: skip
     seconds = time.perf_counter() - start
     scores = (
@@ -147,6 +152,7 @@ def main() -> None:
     task = AsrTask(corpus=args.corpus, vocab_size=args.vocab_size, cache_dir=args.cache_dir)
     states = load_states(task, args.corpus, args.vocab_size, args.cache_dir)
     evalset = eval_set(task, args.per_length, args.max_chars)
+    seen_set = eval_set(task, args.per_length, args.max_chars, split="train")
     rng = np.random.default_rng(1)
     info = {k: v for k, v in task.corpus.info.items() if k != "options"}
     result: dict = {"args": vars(args), "load_before": load, "eval_utterances": len(evalset),
@@ -169,6 +175,9 @@ def main() -> None:
         table2[name] = {**summarise(rows), "test_wer": test["wer"], "test_loss": test["loss"],
                         "train_wer_40": train_wer,
                         "train": train_log.get(name)}  # fmt: skip
+        # The same on training utterances, which the trained model has seen (and fits).
+        seen = [attack_update(task, state, [[i]], args.lr) for i in seen_set]
+        table2[f"{name}, seen"] = {**summarise(seen), "train_wer_40": train_wer}
     task.eval_utterances = 64
     # 16k pieces, untrained: scores and seconds per call.
     task16 = AsrTask(corpus=args.corpus, vocab_size=16000, cache_dir=args.cache_dir)
@@ -181,22 +190,25 @@ def main() -> None:
     result["table2"] = table2
 
     state = states.get("trained", states["untrained"])
-    result["table3_checkpoint"] = "trained" if "trained" in states else "untrained"
     table3 = {}
-    for n, k in [(4, 1), (8, 1), (1, 4), (1, 8), (2, 2)]:
-        for mode in ("estimate", "true"):
-            rows = []
-            for _ in range(args.draws):
-                picks = rng.choice(evalset, size=(k, n), replace=False).tolist()
-                rows.append(attack_update(task, state, picks, args.lr, num_labels=mode))
-            table3[f"N={n},K={k},{mode}"] = summarise(rows)
+    for ckpt in [c for c in ("untrained", "trained") if c in states]:
+        for n, k in [(4, 1), (8, 1), (1, 4), (1, 8), (2, 2)]:
+            for mode in ("estimate", "true"):
+                rows = []
+                for _ in range(args.draws):
+                    picks = rng.choice(evalset, size=(k, n), replace=False).tolist()
+                    rows.append(attack_update(task, states[ckpt], picks, args.lr, num_labels=mode))
+                table3[f"{ckpt},N={n},K={k},{mode}"] = summarise(rows)
     result["table3"] = table3
 
     table4 = {}
-    defenses = {"signsgd": SignSGD(), "graddrop50": GradDrop(0.5), "graddrop90": GradDrop(0.9)}
+    defenses = {"none": None, "signsgd": SignSGD(), "graddrop50": GradDrop(0.5),
+                "graddrop90": GradDrop(0.9)}  # fmt: skip
     sub = [evalset[i] for i in rng.permutation(len(evalset))[: args.draws * 2]]
-    for name, defense in defenses.items():
-        table4[name] = summarise([attack_update(task, state, [[i]], args.lr, defense) for i in sub])
+    for ckpt in [c for c in ("untrained", "trained") if c in states]:
+        for name, defense in defenses.items():
+            rows = [attack_update(task, states[ckpt], [[i]], args.lr, defense) for i in sub]
+            table4[f"{ckpt},{name}"] = summarise(rows)
     result["table4"] = table4
     result["round"] = round_seconds(task, state)
     result["load_after"] = "{:.2f} {:.2f} {:.2f}".format(*__import__("os").getloadavg())
@@ -229,17 +241,17 @@ def print_tables(result: dict) -> None:
         t.add_column(col)
     for name, r in result["table2"].items():
         wer = f"{r['test_wer']:.3f}" if "test_wer" in r else "-"
-        paper = PAPER["table2"].get(name)
+        paper = PAPER["table2"].get(name)  # (the paper's rows are on unseen test speech)
         train_wer = f"{r['train_wer_40']:.3f}" if "train_wer_40" in r else "-"
         t.add_row(name, wer, train_wer, f"{r['length_error']:.3f}", f"{r['precision']:.3f}",
                   f"{r['recall']:.3f}", f"{r['f1']:.3f}", f"{r['exact']:.3f}",
                   f"{r['seconds']:.3f}", "/".join(map(str, paper)) if paper else "-")  # fmt: skip
     console.print(t)
-    t = Table(title=f"Table 3: N utterances x K steps ({result['table3_checkpoint']} checkpoint)")
+    t = Table(title="Table 3: N utterances x K steps (checkpoint, N, K, S estimated or true)")
     for col in ["config", "S (tokens)", "LE", "F1", "EM", "paper EM (true S)"]:
         t.add_column(col)
     for name, r in result["table3"].items():
-        n, k = (int(x.split("=")[1]) for x in name.split(",")[:2])
+        n, k = (int(x.split("=")[1]) for x in name.split(",")[1:3])
         t.add_row(name, f"{r['tokens']:.1f}", f"{r['length_error']:.2f}", f"{r['f1']:.3f}",
                   f"{r['exact']:.3f}", str(PAPER["table3_em"][(n, k)]))  # fmt: skip
     console.print(t)
@@ -248,7 +260,7 @@ def print_tables(result: dict) -> None:
         t.add_column(col)
     for name, r in result["table4"].items():
         t.add_row(name, f"{r['length_error']:.2f}", f"{r['f1']:.3f}", f"{r['exact']:.3f}",
-                  str(PAPER["table4_em"][name]))  # fmt: skip
+                  str(PAPER["table4_em"][name.split(",")[1]]))  # fmt: skip
     console.print(t)
     console.print(f"one round (4 clients, N=8, K=1): {result['round']}")
 

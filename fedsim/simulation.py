@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from fedsim.client_app import build_client_app
-from fedsim.factory import build_attacks
+from fedsim.factory import build_attacks, build_task
 from fedsim.logging_setup import tame_flower_logging
 from fedsim.server_app import build_server_app
 
@@ -81,6 +81,9 @@ def run_experiment(cfg: dict, run_dir: str | Path) -> Path:
     audit = True if cfg.get("audit") is None else bool(cfg["audit"])
     clients = int(cfg["fl"]["clients"])
     build_attacks(cfg)  # fail on a bad attack config now, before any client starts
+    # Build the task here first: data caches (the speech corpus, its word pieces) are prepared
+    # once, with progress, instead of by every Ray worker at the same time.
+    build_task(cfg)
     client_app = build_client_app(cfg)
     holder = _ServerError()
     server_app = build_server_app(cfg, run_dir, audit, on_error=holder)

@@ -123,6 +123,29 @@ def test_rlg_reveals_the_bag_of_words_of_one_utterance(task, which):
         assert len(set(truth)) <= found.num_labels <= len(truth)
 
 
+def test_rlg_counts_tokens_of_eight_utterances_with_the_bias(task):
+    """N = 8 utterances, one step, untrained LAS: the softmax barely depends on the input, so
+    repeated pieces (eos appears 8 times) share one direction and the weight update's rank is
+    the number of distinct pieces. The bias update gives the counts, hence S, exactly."""
+    from collections import Counter
+
+    torch.manual_seed(0)
+    model = task.build_model()
+    spec = task.model_spec()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    picks = task.corpus.indices("train")[:8].tolist()
+    _, tokens = task.sgd_steps(model, [picks], lr=0.05)
+    after = model.state_dict()
+    found = reveal_labels(
+        after[spec.last_weight] - before[spec.last_weight],
+        bias_update=after[spec.last_bias] - before[spec.last_bias],
+    )
+    truth = Counter(t for utt in tokens[0] for t in utt)
+    assert found.labels == tuple(sorted(truth))
+    assert found.counts == dict(truth)
+    assert found.num_labels == sum(truth.values())
+
+
 def test_inline_run_logs_bag_of_words_scores(tmp_path, tmp_path_factory):
     """`task=asr` end to end (inline backend): RLG rows with BoW scores, WER per round."""
     from fedsim.config import compose_config

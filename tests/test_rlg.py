@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attacks.labelset import LabelSet
-from attacks.rlg import counts_from_bias, reveal_labels
+from attacks.rlg import counts_from_bias, counts_from_bias_ratios, reveal_labels
 from attacks.rlg_cone import separable_fast, separable_lp
 from attacks.rlg_rank import gap_rank, row_space
 
@@ -134,6 +134,64 @@ def test_near_duplicate_samples_keep_tiny_singular_values():
     assert space.singular_values[5] / space.singular_values[0] < 1e-2
     result = reveal_labels(g.T @ h, bias_update=g.sum(0))
     assert result.labels == (7, 19, 42, 250) and result.counts == {7: 2, 19: 1, 42: 2, 250: 1}
+
+
+def peaked_update(rng, temp, num_classes=500, dim=64, n=6, lr=0.05):
+    """Float32 `after - before` of one step of a head with a peaked softmax (logits * temp):
+    most classes get p < 1e-8, so their rows are float32 rounding noise."""
+    w = (rng.normal(size=(num_classes, dim)) / np.sqrt(dim)).astype(np.float32)
+    h = np.abs(rng.normal(size=(n, dim)))
+    labels = rng.choice(num_classes, n, replace=False)
+    z = temp * (h @ w.astype(np.float64).T)
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    g = p.copy()
+    g[np.arange(n), labels] -= 1
+    w1 = (w.astype(np.float64) - lr * g.T @ h / n).astype(np.float32)
+    return w1 - w, tuple(sorted(labels.tolist()))
+
+
+def test_noise_tolerance_keeps_labels_of_a_peaked_softmax():
+    """Rows at the float32 noise floor point anywhere; the exact (scale-free) cone test lets
+    them hide every label, the noise-aware test (default) ignores them."""
+    exact = exact_without = 0
+    for seed in range(10):
+        update, truth = peaked_update(np.random.default_rng(seed), temp=4.0)
+        found = reveal_labels(update)
+        exact += found.ok and found.labels == truth and found.num_labels == len(truth)
+        plain = reveal_labels(update, noise_cut=0)
+        exact_without += plain.ok and plain.labels == truth
+    assert exact == 10
+    assert exact_without <= 2
+    assert found.diagnostics["quiet_points"] > 0
+
+
+def test_noise_tolerant_lp_agrees_with_fast():
+    update, truth = peaked_update(np.random.default_rng(3), temp=4.0)
+    fast, lp = reveal_labels(update), reveal_labels(update, method="lp")
+    assert fast.labels == lp.labels == truth
+
+
+def test_counts_and_length_from_bias_when_softmax_ignores_the_input():
+    """Zero weights: every sample has the same softmax, so samples with one label give one
+    direction and rank(W) = |L| < S. The bias update's label masses give counts and S."""
+    rng = np.random.default_rng(0)
+    num_classes, dim = 300, 64
+    distinct = rng.choice(num_classes, 12, replace=False)
+    labels = np.concatenate([distinct, distinct[:5], distinct[:2]])
+    p = np.exp(rng.normal(scale=0.3, size=num_classes))
+    p /= p.sum()
+    g = np.tile(p, (len(labels), 1))
+    g[np.arange(len(labels)), labels] -= 1
+    h = rng.normal(size=(len(labels), dim))
+    w_up = (-0.05 * g.T @ h / len(labels)).astype(np.float32)
+    b_up = (-0.05 * g.sum(0) / len(labels)).astype(np.float32)
+    found = reveal_labels(w_up, bias_update=b_up)
+    assert found.diagnostics["rank"] == 12
+    assert found.counts == dict(Counter(labels.tolist()))
+    assert found.num_labels == len(labels)
+    assert reveal_labels(w_up).num_labels == 12  # without a bias: the rank, as before
+    assert counts_from_bias_ratios(np.zeros(num_classes), distinct) is None
 
 
 def test_gap_rank_rule():

@@ -255,3 +255,4 @@ def test_inline_asr_run_logs_transcript_scores(tmp_path, tmp_path_factory):
     rows = rows[rows["attack"] == "transcript"]
     assert list(rows["status"]) == ["ok", "ok"]
     assert rows["exact"].tolist() == [1.0, 1.0] and rows["wer"].tolist() == [0.0, 0.0]
+    assert rows["text_exact"].tolist() == [1.0, 1.0]  # word-level: the task's tokenizer file

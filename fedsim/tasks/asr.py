@@ -82,7 +82,8 @@ class AsrTask:
             build=partial(self.build_model),
             input_shape=None,
             extras={"pad_id": tok.pad_id, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
-                    "unk_id": tok.unk_id, "target_tokens": "pieces + eos"},
+                    "unk_id": tok.unk_id, "target_tokens": "pieces + eos",
+                    "tokenizer_path": str(tok.path)},
         )  # fmt: skip
 
     def build_model(self) -> LAS:
