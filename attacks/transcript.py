@@ -366,6 +366,7 @@ def reconstruct_transcript(
     tokenizer: Any = None,
     match: Sequence[str] = OUTPUT,
     init: str = "random",
+    fallback: bool = False,
 ) -> Transcript:
     """Reconstruct the S target tokens of one utterance from the gradient of one step.
 
@@ -396,10 +397,15 @@ def reconstruct_transcript(
         match: the parameters whose gradients are matched (a subset of `MATCHED`).
         init: "random" (the paper: every restart random) or "span" (beyond the paper: restart 0
             starts from `span_decode`, the others random; random only when that is impossible).
+        fallback: beyond the paper: when the BoW run ends with a distance >= `tol` (the
+            gradient is not matched: RLG's BoW may miss a piece, as at a trained model), run
+            again over the whole vocabulary with the same options and keep the smaller
+            distance; `diagnostics["fallback"]` says what ran and which was kept.
 
     Returns: a `Transcript` (tokens, text, distance, #variables, restarts, steps; diagnostics with
     seconds, per-restart distances, the initial-state source and the stop reason).
     """
+    call = dict(locals())  # the arguments, for the fallback run
     start = time.perf_counter()
     if length < 1:
         raise ValueError(f"length must be >= 1 target token, got {length}")
@@ -503,7 +509,7 @@ def reconstruct_transcript(
         final = dist.detach().cpu().tolist()
     tokens = tuple(int(prob.bow[j]) for j in best[1].cpu().tolist())
     text = tokenizer.decode(list(tokens)) if tokenizer is not None else None
-    return Transcript(
+    found = Transcript(
         tokens=tokens,
         text=text,
         distance=best[0],
@@ -528,3 +534,13 @@ def reconstruct_transcript(
             "parts": {k: float(v[best[2]]) for k, v in prob.last_parts.items()},
         },
     )
+    if not (fallback and call["bow"] is not None and found.distance >= tol):
+        return found
+    wide = reconstruct_transcript(**{**call, "bow": None, "fallback": False})
+    kept = wide if wide.distance < found.distance else found
+    kept.diagnostics["fallback"] = {
+        "bow_distance": found.distance, "vocab_distance": wide.distance,
+        "kept": "vocab" if kept is wide else "bow",
+    }  # fmt: skip
+    kept.diagnostics["seconds"] = time.perf_counter() - start
+    return kept

@@ -29,6 +29,9 @@ class TranscriptAttack:
             vocabulary (the length still comes from RLG).
         init: "span" (default; exact row-space decoding starts restart 0, beyond the paper) or
             "random" (the paper: random restarts only).
+        fallback: when the BoW run does not match the gradient (distance >= tol: RLG's BoW
+            misses a piece, as at a trained model), rerun over the whole vocabulary and keep
+            the smaller distance (beyond the paper; False: the BoW result as it is).
         tokenizer_path: optional sentencepiece model file, to decode and score the text; when
             empty, `view.model.extras["tokenizer_path"]` (set by the speech task) is used when
             that file exists on the server; otherwise the scores are over word pieces.
@@ -38,9 +41,14 @@ class TranscriptAttack:
     name = "transcript"
 
     def __init__(
-        self, use_bow: bool = True, init: str = "span", tokenizer_path: str = "", **options: Any
+        self,
+        use_bow: bool = True,
+        init: str = "span",
+        fallback: bool = True,
+        tokenizer_path: str = "",
+        **options: Any,
     ) -> None:
-        self.use_bow, self.init = bool(use_bow), str(init)
+        self.use_bow, self.init, self.fallback = bool(use_bow), str(init), bool(fallback)
         self.tokenizer_path, self.options = str(tokenizer_path or ""), dict(options)
         self._tokenizers: dict[str, Any] = {}
 
@@ -96,6 +104,7 @@ class TranscriptAttack:
             labels if self.use_bow else None,
             int(length),
             init=self.init,
+            fallback=self.fallback,
             label_smoothing=float(view.train_config.get("label_smoothing", 0.0) or 0.0),
             tokenizer=self._tokenizer(view),
             **self.options,

@@ -206,6 +206,22 @@ def test_plugin_without_bow_uses_the_whole_vocabulary():
     assert found.diagnostics["bow_size"] == V
 
 
+def test_fallback_recovers_when_the_bow_misses_a_piece():
+    """RLG's BoW can miss a piece (a trained model): the gradient is then not matched, and the
+    fallback over the whole vocabulary finds the exact transcript."""
+    target = [8, 21, 8, 14, 35, EOS]
+    view = view_of(target, seed=5)
+    rlg = LabelSet(labels=(8, 14, 35, EOS), num_labels=len(target))  # 21 missing
+    strict = TranscriptAttack(fallback=False, restarts=1, steps=20)(view, {"rlg": rlg})
+    assert list(strict.tokens) != target and strict.distance > 1e-3
+    assert "fallback" not in strict.diagnostics
+    found = TranscriptAttack(restarts=1, steps=20)(view, {"rlg": rlg})
+    assert list(found.tokens) == target and found.distance < 1e-6
+    assert found.diagnostics["fallback"]["kept"] == "vocab"
+    assert found.diagnostics["fallback"]["bow_distance"] == strict.distance
+    assert found.diagnostics["bow_size"] == V
+
+
 def test_plugin_not_applicable():
     view = view_of([8, EOS])
     attack = TranscriptAttack()
