@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from attacks.base import Finding, not_applicable
 from attacks.baselines import idlg_label, yin_labels
-from attacks.rlg import reveal_labels
+from attacks.rlg import add_known_labels, reveal_labels
 
 if TYPE_CHECKING:
     from fedsim.update import ModelSpec, ServerView
@@ -32,13 +32,26 @@ class RLGAttack:
         known_count: False (default) estimates S, the number of label occurrences, from the
             spectrum (no oracle); True passes the server's S = batch_size * local_steps.
         use_bias: pass the bias update (when the layer has one) to estimate label counts.
-        options: further keyword options of `attacks.rlg.reveal_labels`.
+        protocol_labels: add the labels the task's protocol puts in every sample
+            (`ModelSpec.extras["always_present"]`: eos for speech; none for images), which a
+            trained model can hide from the cone test (`attacks.rlg.add_known_labels`).
+        options: further keyword options of `attacks.rlg.reveal_labels`. Unless `max_labels`
+            is given, speech bounds S by N * K * `ModelSpec.extras["max_target_tokens"]`:
+            a larger estimate (Sign-SGD on a trained model) is reported as not applicable at
+            once instead of after a cone test of minutes.
     """
 
     name = "rlg"
 
-    def __init__(self, known_count: bool = False, use_bias: bool = True, **options: Any) -> None:
+    def __init__(
+        self,
+        known_count: bool = False,
+        use_bias: bool = True,
+        protocol_labels: bool = True,
+        **options: Any,
+    ) -> None:
         self.known_count, self.use_bias, self.options = bool(known_count), bool(use_bias), options
+        self.protocol_labels = bool(protocol_labels)
 
     def check(self, model: ModelSpec, train_config: Mapping[str, Any]) -> str | None:
         if model.last_weight is None:
@@ -54,7 +67,14 @@ class RLGAttack:
         w, b = view.last_layer_update()
         num = _total_samples(view.train_config) if self.known_count else None
         bias = b if self.use_bias else None
-        return reveal_labels(w, num_labels=num, bias_update=bias, **self.options)
+        options = dict(self.options)
+        per_sample = view.model.extras.get("max_target_tokens")
+        if per_sample and "max_labels" not in options:
+            options["max_labels"] = _total_samples(view.train_config) * int(per_sample)
+        found = reveal_labels(w, num_labels=num, bias_update=bias, **options)
+        if self.protocol_labels:
+            found = add_known_labels(found, view.model.extras.get("always_present", ()))
+        return found
 
 
 class YinAttack:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ try:  # optional: keeps small problems single-threaded (BLAS threads thrash on a
 except ImportError:  # pragma: no cover
     threadpool_limits = None
 
-__all__ = ["counts_from_bias", "counts_from_bias_ratios", "reveal_labels"]
+__all__ = ["add_known_labels", "counts_from_bias", "counts_from_bias_ratios", "reveal_labels"]
 
 
 def _as_array(x: Any, name: str) -> np.ndarray:
@@ -64,6 +65,7 @@ def reveal_labels(
     noise_cut: float = 5.0,
     seed: int = 0,
     threads: int | None = 1,
+    max_labels: int | None = None,
 ) -> Finding:
     """The set of labels in the batch(es) behind a last-layer update.
 
@@ -85,6 +87,10 @@ def reveal_labels(
             everywhere), and the test is scale-free, so such points would otherwise hide the
             labels. 0 disables it.
         seed: seed of the randomized range finder.
+        max_labels: the most label occurrences the server thinks possible (e.g. N * K times the
+            longest target); an estimated S above it means the update is not the low-rank
+            product a batch makes (Sign-SGD, added noise), so the cone test, which costs minutes
+            at S ~ d, is skipped and the finding is `not_applicable`. None: no bound.
         threads: BLAS threads during the call (default 1; None keeps the library's setting).
             On a busy 2-core CPU two BLAS threads were 2.5-6x slower than one (16000 x 2048);
             needs the optional `threadpoolctl`, without it the library's setting is used.
@@ -102,6 +108,8 @@ def reveal_labels(
         )
     if method not in ("fast", "lp"):
         raise ValueError(f"method must be 'fast' or 'lp', got {method!r}")
+    if max_labels is not None and int(max_labels) < 1:
+        raise ValueError(f"max_labels must be a positive int or None, got {max_labels}")
     if num_labels is not None and int(num_labels) < 1:
         raise ValueError(f"num_labels must be a positive int (N * K) or None, got {num_labels}")
     bias = None
@@ -123,7 +131,17 @@ def reveal_labels(
         limit = threadpool_limits(limits=int(threads), user_api="blas")
     with limit:
         return _reveal(
-            w, num_labels, bias, method, rank_ratio, rank_floor, feas_tol, noise_cut, seed, start
+            w,
+            num_labels,
+            bias,
+            method,
+            rank_ratio,
+            rank_floor,
+            feas_tol,
+            noise_cut,
+            seed,
+            start,
+            max_labels,
         )
 
 
@@ -138,6 +156,7 @@ def _reveal(
     noise_cut: float,
     seed: int,
     start: float,
+    max_labels: int | None = None,
 ) -> Finding:
     row_sum = float(np.linalg.norm(w.sum(axis=0, dtype=np.float64)) / np.linalg.norm(w))
     after, first = 0, None
@@ -160,6 +179,15 @@ def _reveal(
                 f"rank {space.rank} reaches min(C - 1, d') = {space.structural_rank}: S >= "
                 "min(C - 1, d) or noise without a spectral gap; the label set is not identifiable"
             )
+        elif max_labels is not None and space.rank > max_labels:
+            reason = (
+                f"estimated S = {space.rank} exceeds max_labels = {max_labels}: the update is not "
+                "the low-rank product a client's batch makes (a defense such as Sign-SGD, or "
+                "noise); raise max_labels or set it to None to run the cone test anyway"
+            )
+            diag["seconds"] = time.perf_counter() - start
+            first = first or (reason, diag)
+            break
         else:
             labels, reason = _separable(space, method, feas_tol, noise_cut, diag)
             diag["seconds"] = time.perf_counter() - start
@@ -264,8 +292,9 @@ def counts_from_bias_ratios(
     not S. The bias still weighs each label by its count: `P_c - n_c` with P_c about equal for
     all classes, so `n_c` is proportional to (non-label mean - bias gradient_c). The counts are
     these values over the mass of one count (the smallest, then refitted as the median of
-    value / count), accepted only when every ratio is within `tolerance` of an integer (else
-    None: a trained model's unequal P_c blur them). One step only: over K steps each step's
+    value / count), accepted only when every ratio is within `tolerance` of an integer and the
+    non-labels' P_c vary by less than `tolerance` counts (else None: a trained model's unequal
+    P_c blur them). One step only: over K steps each step's
     mean divides by its own token count. Any sign and scale.
     """
     if not np.any(bias_update) or labels.size < 2:
@@ -285,6 +314,12 @@ def counts_from_bias_ratios(
         unit = float(np.median(raw / counts))
     ratio = raw / unit
     if np.max(np.abs(ratio - counts)) > tolerance:
+        return None
+    # The premise, checked on the non-labels: their P_c must be equal to within a fraction of
+    # one count's mass. A partly trained model puts more mass on frequent pieces; a label among
+    # them then looks like half a count, and every other label would be counted twice.
+    spread = float(np.max(np.abs(grad[~mask] - grad[~mask].mean())))
+    if spread > tolerance * unit:
         return None
     return {int(c): int(n) for c, n in zip(labels, counts, strict=True)}
 
@@ -318,3 +353,27 @@ def counts_from_bias(bias_update: np.ndarray, labels: np.ndarray, total: int) ->
     if rest > 0:
         base[np.argsort(-(share - base), kind="stable")[:rest]] += 1
     return {int(c): int(1 + n) for c, n in zip(labels, base, strict=True)}
+
+
+def add_known_labels(found: Finding, known: Any) -> Finding:
+    """`found` with the labels every sample is known to carry added (e.g. eos for speech).
+
+    The protocol can make a class certain without the update: every speech target ends with eos.
+    A trained model can still hide such a label from the cone test (its row then lies in the
+    cone of the others), so a protocol-aware attacker adds it. S is kept; counts are dropped
+    (set to None) when a label was added, since they were estimated without it. Findings that
+    are not `LabelSet`s, or not ok, are returned unchanged. `diagnostics["added_known"]` lists
+    the labels added.
+    """
+    known = sorted({int(k) for k in known})
+    if not isinstance(found, LabelSet) or not found.ok or not known:
+        return found
+    added = [k for k in known if k not in found.labels]
+    if not added:
+        return found
+    return replace(
+        found,
+        labels=tuple(sorted({*found.labels, *added})),
+        counts=None,
+        diagnostics={**found.diagnostics, "added_known": added},
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -58,6 +60,35 @@ def test_rlg_plugin_without_bias_counts():
     assert finding.score(truth)["exact"] == 1.0
     assert finding.counts is None  # a repeated label and no bias: counts not identifiable
     assert "not identifiable" in finding.diagnostics["counts"]
+
+
+def test_rlg_plugin_adds_the_labels_the_protocol_guarantees():
+    """`always_present` (speech: eos) is added when RLG does not find it; counts are dropped."""
+    view, _ = client_round(nn.SiLU, batch_size=4, local_steps=2)
+    plain = RLGAttack(protocol_labels=False)(view, {})
+    absent = next(c for c in range(NUM_CLASSES) if c not in plain.labels)
+    present = plain.labels[0]
+    known = replace(view, model=replace(view.model, extras={"always_present": (absent,)}))
+    found = RLGAttack()(known, {})
+    assert set(found.labels) == {*plain.labels, absent} and found.counts is None
+    assert found.diagnostics["added_known"] == [absent]
+    assert RLGAttack(protocol_labels=False)(known, {}).labels == plain.labels
+    same = replace(view, model=replace(view.model, extras={"always_present": (present,)}))
+    for unchanged in (same, view):  # already found; images: nothing is guaranteed
+        found = RLGAttack()(unchanged, {})
+        assert (found.labels, found.counts) == (plain.labels, plain.counts)
+        assert "added_known" not in found.diagnostics
+
+
+def test_rlg_plugin_bounds_s_by_the_longest_target():
+    """Speech: S <= N * K * max_target_tokens; a larger rank is reported, not tested."""
+    view, truth = client_round(nn.SiLU, batch_size=4, local_steps=2)  # S = 8
+    speech = replace(view, model=replace(view.model, extras={"max_target_tokens": 1}))
+    assert RLGAttack()(speech, {}).score(truth)["exact"] == 1.0  # bound 8: within
+    small = replace(speech, train_config={**view.train_config, "batch_size": 1})
+    found = RLGAttack()(small, {})  # bound 2 < rank 8
+    assert found.status == "not_applicable" and "max_labels = 2" in found.message
+    assert RLGAttack(max_labels=None)(small, {}).ok  # an explicit option wins
 
 
 def test_rlg_plugin_not_applicable_when_batch_too_large():

@@ -194,6 +194,20 @@ def test_counts_and_length_from_bias_when_softmax_ignores_the_input():
     assert counts_from_bias_ratios(np.zeros(num_classes), distinct) is None
 
 
+def test_bias_ratios_need_equal_softmax_mass_on_the_non_labels():
+    """A model that favours some pieces (P = 0.5 on them) makes a label among them look like
+    half a count; the non-labels show the unequal mass, so no counts are read from the ratios."""
+    labels, num_classes = np.array([0, 1, 2, 3]), 50
+    mass = np.full(num_classes, 0.02)
+    uniform = mass.copy()
+    uniform[labels] -= np.array([2, 1, 1, 1])  # gradient P_c - n_c, "0" twice
+    assert counts_from_bias_ratios(uniform, labels) == {0: 2, 1: 1, 2: 1, 3: 1}
+    mass[[0, 10, 11, 12]] = 0.5  # frequent pieces: label 0 and three non-labels
+    skewed = mass.copy()
+    skewed[labels] -= 1.0  # all distinct; without the check: counts 1, 2, 2, 2
+    assert counts_from_bias_ratios(skewed, labels) is None
+
+
 def test_gap_rank_rule():
     sv = np.array([1.0, 0.5, 0.3, 1e-3, 9e-4, 8e-4])
     assert gap_rank(sv, 6, eps=1e-16) == 3
@@ -248,6 +262,18 @@ def test_not_applicable_without_ce_structure():
     assert result.status == "not_applicable" and "separable classes" in result.message
 
 
+def test_max_labels_skips_updates_that_are_not_low_rank():
+    """Sign-SGD makes the update (nearly) full rank: with a bound on S the cone test is skipped."""
+    rng = np.random.default_rng(3)
+    w, _ = sgd_update(rng, 200, 64, [rng.integers(0, 200, size=4)], "silu")
+    signed = np.sign(w)
+    result = reveal_labels(signed, max_labels=16)
+    assert result.status == "not_applicable" and "max_labels = 16" in result.message
+    assert result.diagnostics["rank"] > 16
+    bounded = reveal_labels(w, max_labels=16)  # a real update within the bound: unchanged
+    assert bounded.ok and bounded.labels == reveal_labels(w).labels
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match=r"\(C, d\)"):
         reveal_labels(np.zeros(5))
@@ -257,3 +283,5 @@ def test_bad_arguments():
         reveal_labels(np.ones((4, 3)), bias_update=np.ones(5))
     with pytest.raises(ValueError, match="num_labels"):
         reveal_labels(np.ones((4, 3)), num_labels=0)
+    with pytest.raises(ValueError, match="max_labels"):
+        reveal_labels(np.ones((4, 3)), max_labels=0)

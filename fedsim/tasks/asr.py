@@ -83,7 +83,9 @@ class AsrTask:
             input_shape=None,
             extras={"pad_id": tok.pad_id, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
                     "unk_id": tok.unk_id, "target_tokens": "pieces + eos",
-                    "tokenizer_path": str(tok.path)},
+                    "tokenizer_path": str(tok.path),
+                    "always_present": (tok.eos_id,),
+                    "max_target_tokens": max(map(len, self.targets))},
         )  # fmt: skip
 
     def build_model(self) -> LAS:
