@@ -275,6 +275,12 @@ def _counts(
         return {int(c): 1 for c in labels}, "all distinct (|L| = S)"
     if labels.size == 1:
         return {int(labels[0]): total}, "single label"
+    if bias is not None and estimated:
+        # Some repeated labels share a direction, others not (|L| < rank < S): the ratios,
+        # when clean, still count every occurrence.
+        ratios = counts_from_bias_ratios(bias, labels)
+        if ratios is not None and sum(ratios.values()) >= total:
+            return ratios, "bias ratios (|L| < rank: some repeated labels share a direction)"
     if bias is None:
         return None, "not identifiable: 1 < |L| < S and no bias update"
     if not np.any(bias):

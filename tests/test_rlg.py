@@ -208,6 +208,23 @@ def test_bias_ratios_need_equal_softmax_mass_on_the_non_labels():
     assert counts_from_bias_ratios(skewed, labels) is None
 
 
+def test_s_counts_repeats_when_only_some_share_a_direction():
+    """Untrained-like softmax: label 0's two samples give one direction, label 1's two differ a
+    little: rank 4 between |L| = 3 and S = 5; the clean bias ratios count all five."""
+    rng = np.random.default_rng(4)
+    num_classes, dim = 50, 32
+    labels = np.array([0, 0, 1, 1, 2])
+    probs = np.full((5, num_classes), 1 / num_classes)
+    probs[2:4] *= 1 + 0.05 * rng.normal(size=(2, num_classes))  # label 1: two directions
+    probs /= probs.sum(1, keepdims=True)
+    g = probs.copy()
+    g[np.arange(5), labels] -= 1
+    w = g.T @ rng.normal(size=(5, dim))
+    found = reveal_labels(w, bias_update=g.sum(0))
+    assert found.diagnostics["rank"] == 4 and found.labels == (0, 1, 2)
+    assert found.counts == {0: 2, 1: 2, 2: 1} and found.num_labels == 5
+
+
 def test_gap_rank_rule():
     sv = np.array([1.0, 0.5, 0.3, 1e-3, 9e-4, 8e-4])
     assert gap_rank(sv, 6, eps=1e-16) == 3
