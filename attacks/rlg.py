@@ -268,19 +268,16 @@ def _gap(sv: np.ndarray, rank: int) -> float:
 def _counts(
     labels: np.ndarray, total: int, bias: np.ndarray | None, estimated: bool = True
 ) -> tuple[dict[int, int] | None, str]:
+    # Repeated labels that share one direction (an untrained model's softmax ignores the
+    # input) keep the rank below S; clean bias ratios that count more than the rank and more
+    # than |L| occurrences count every one of them.
+    ratios = counts_from_bias_ratios(bias, labels) if bias is not None and estimated else None
+    if ratios is not None and sum(ratios.values()) >= max(total, labels.size + 1):
+        return ratios, "bias ratios (repeated labels share directions: rank < S)"
     if labels.size == total:
-        repeated = counts_from_bias_ratios(bias, labels) if bias is not None and estimated else None
-        if repeated is not None and max(repeated.values()) > 1:
-            return repeated, "bias ratios (rank = |L|: repeated labels share one direction)"
         return {int(c): 1 for c in labels}, "all distinct (|L| = S)"
     if labels.size == 1:
         return {int(labels[0]): total}, "single label"
-    if bias is not None and estimated:
-        # Some repeated labels share a direction, others not (|L| < rank < S): the ratios,
-        # when clean, still count every occurrence.
-        ratios = counts_from_bias_ratios(bias, labels)
-        if ratios is not None and sum(ratios.values()) >= total:
-            return ratios, "bias ratios (|L| < rank: some repeated labels share a direction)"
     if bias is None:
         return None, "not identifiable: 1 < |L| < S and no bias update"
     if not np.any(bias):

@@ -196,6 +196,8 @@ def main() -> None:
     states = load_states(task, args.corpus, args.vocab_size, args.cache_dir)
     path = OUT / f"transcript{'_quick' if args.quick else ''}.json"
     if args.figure_only:
+        if not path.is_file():
+            sys.exit(f"--figure-only merges into {path}, which does not exist: run without it")
         result = json.loads(path.read_text())
         result["figure2_args"], result["figure2_load_before"] = vars(args), load
         run_figure(task, states, indices, args, result)

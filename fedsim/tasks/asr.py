@@ -69,6 +69,7 @@ class AsrTask:
             "dec_hidden": dec_hidden, "embed_dim": embed_dim, "att_dim": att_dim,
         }  # fmt: skip
         self.targets = [tuple(self.tokenizer.targets(u.text)) for u in self.corpus.utterances]
+        self.max_target_tokens = max(map(len, self.targets))
 
     # ------------------------------------------------------------------ model
     def model_spec(self) -> ModelSpec:
@@ -85,7 +86,7 @@ class AsrTask:
                     "unk_id": tok.unk_id, "target_tokens": "pieces + eos",
                     "tokenizer_path": str(tok.path),
                     "always_present": (tok.eos_id,),
-                    "max_target_tokens": max(map(len, self.targets))},
+                    "max_target_tokens": self.max_target_tokens},
         )  # fmt: skip
 
     def build_model(self) -> LAS:
