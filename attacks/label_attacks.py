@@ -11,18 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from attacks.base import Finding, not_applicable
 from attacks.baselines import idlg_label, yin_labels
 from attacks.rlg import add_known_labels, reveal_labels
+from fedcore import Finding, not_applicable, single_sample_reason
 
 if TYPE_CHECKING:
-    from fedsim.update import ModelSpec, ServerView
+    from fedcore import ModelSpec, ServerView
 
 __all__ = ["IDLGAttack", "RLGAttack", "YinAttack"]
-
-
-def _total_samples(train_config: Mapping[str, Any]) -> int:
-    return int(train_config["batch_size"]) * int(train_config["local_steps"])
 
 
 class RLGAttack:
@@ -33,12 +29,12 @@ class RLGAttack:
             spectrum (no oracle); True passes the server's S = batch_size * local_steps.
         use_bias: pass the bias update (when the layer has one) to estimate label counts.
         protocol_labels: add the labels the task's protocol puts in every sample
-            (`ModelSpec.extras["always_present"]`: eos for speech; none for images), which a
-            trained model can hide from the cone test (`attacks.rlg.add_known_labels`).
+            (`ModelSpec.protocol_labels`: eos for speech; none for images), which a trained
+            model can hide from the cone test (`attacks.rlg.add_known_labels`).
         options: further keyword options of `attacks.rlg.reveal_labels`. Unless `max_labels`
-            is given, speech bounds S by N * K * `ModelSpec.extras["max_target_tokens"]`:
-            a larger estimate (Sign-SGD on a trained model) is reported as not applicable at
-            once instead of after a cone test of minutes.
+            is given, S is bounded by N * K * `ModelSpec.max_labels_per_sample` when the spec
+            has one (speech: the longest target): a larger estimate (Sign-SGD on a trained
+            model) is reported as not applicable at once instead of after a minutes-long test.
     """
 
     name = "rlg"
@@ -65,15 +61,15 @@ class RLGAttack:
 
     def __call__(self, view: ServerView, findings: Mapping[str, Finding]) -> Finding:
         w, b = view.last_layer_update()
-        num = _total_samples(view.train_config) if self.known_count else None
+        num = view.total_samples if self.known_count else None
         bias = b if self.use_bias else None
         options = dict(self.options)
-        per_sample = view.model.extras.get("max_target_tokens")
+        per_sample = view.model.max_labels_per_sample
         if per_sample and "max_labels" not in options:
-            options["max_labels"] = _total_samples(view.train_config) * int(per_sample)
+            options["max_labels"] = view.total_samples * int(per_sample)
         found = reveal_labels(w, num_labels=num, bias_update=bias, **options)
         if self.protocol_labels:
-            found = add_known_labels(found, view.model.extras.get("always_present", ()))
+            found = add_known_labels(found, view.model.protocol_labels)
         return found
 
 
@@ -93,7 +89,7 @@ class YinAttack:
 
     def __call__(self, view: ServerView, findings: Mapping[str, Finding]) -> Finding:
         w, _ = view.last_layer_update()
-        num = _total_samples(view.train_config) if self.known_count else None
+        num = view.total_samples if self.known_count else None
         num = None if num is None else min(num, w.shape[0])
         return yin_labels(-w / view.lr, num_labels=num)
 
@@ -108,10 +104,7 @@ class IDLGAttack:
     name = "idlg"
 
     def check(self, model: ModelSpec, train_config: Mapping[str, Any]) -> str | None:
-        n = _total_samples(train_config)
-        if n != 1:
-            return f"iDLG needs one sample per update (batch_size * local_steps == 1), got {n}"
-        return None
+        return single_sample_reason("iDLG", train_config)
 
     def __call__(self, view: ServerView, findings: Mapping[str, Finding]) -> Finding:
         reason = self.check(view.model, view.train_config)

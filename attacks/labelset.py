@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from attacks.base import Finding
 from attacks.metrics import count_l1, label_set_scores
+from fedcore import Finding, Score
 
 if TYPE_CHECKING:
-    from fedsim.update import Truth
+    from fedcore import Truth
 
 __all__ = ["LabelSet"]
 
@@ -25,6 +25,15 @@ class LabelSet(Finding):
             tokens for ASR); None when the method does not estimate it.
         counts: estimated occurrences per label when identifiable, else None.
     """
+
+    SCORES = (
+        Score("precision", "prec"),
+        Score("recall"),
+        Score("f1", headline=True),
+        Score("exact"),
+        Score("length_error", "len_err", higher_is_better=False),
+        Score("count_l1", higher_is_better=False),
+    )
 
     labels: tuple[int, ...] = ()
     num_labels: int | None = None

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from attacks.base import Finding, not_applicable
 from attacks.image_metrics import psnr, ssim
 from attacks.reconstruction import _MODULE_ACTS, fcn_layers, gradient_matching, invert_fcn
+from fedcore import Finding, Score, not_applicable, single_sample_reason
 
 if TYPE_CHECKING:
-    from fedsim.update import ModelSpec, ServerView, Truth
+    from fedcore import ModelSpec, ServerView, Truth
 
 __all__ = ["ReconstructAttack", "Reconstruction", "linear_head"]
 
@@ -31,6 +31,8 @@ __all__ = ["ReconstructAttack", "Reconstruction", "linear_head"]
 class Reconstruction(Finding):
     """A reconstructed input `x` shaped like one sample (e.g. `(1, 28, 28)`), and the method
     ("analytic" or "gradient_matching")."""
+
+    SCORES = (Score("psnr", headline=True), Score("ssim"))
 
     x: np.ndarray | None = None
     method: str = ""
@@ -74,6 +76,7 @@ class ReconstructAttack:
     """
 
     name = "reconstruct"
+    requires = ("soft_label",)
 
     def __init__(
         self,
@@ -88,10 +91,9 @@ class ReconstructAttack:
         self.bounds = tuple(bounds) if bounds is not None else None
 
     def check(self, model_spec: ModelSpec, train_config: Mapping[str, Any]) -> str | None:
-        if int(train_config.get("batch_size", 1)) != 1:
-            return "reconstruction needs batch_size 1"
-        if int(train_config.get("local_steps", 1)) != 1:
-            return "reconstruction needs local_steps 1"
+        reason = single_sample_reason("reconstruction", train_config)
+        if reason:
+            return reason
         if model_spec.input_shape is None:
             return "reconstruction needs a fixed input shape"
         return None

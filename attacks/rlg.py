@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from attacks.base import Finding, not_applicable
 from attacks.labelset import LabelSet
 from attacks.rlg_cone import separable_fast, separable_lp
 from attacks.rlg_rank import row_space
+from fedcore import Finding, not_applicable
 
 try:  # optional: keeps small problems single-threaded (BLAS threads thrash on a loaded CPU)
     from threadpoolctl import threadpool_limits

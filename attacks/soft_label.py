@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from attacks.base import Finding, not_applicable
+from fedcore import Finding, Score, not_applicable
 
 if TYPE_CHECKING:
-    from fedsim.update import Truth
+    from fedcore import Truth
 
 __all__ = [
     "KINDS",
@@ -60,6 +60,15 @@ class SoftLabel(Finding):
             (sigma_2 / sigma_1), residual_<kind> for each kind searched (structural residual
             over |g|), num_valid_roots, ambiguous, valid, epsilon / mixup_weight, ...
     """
+
+    SCORES = (
+        Score("l1", higher_is_better=False),
+        Score("success", headline=True),
+        Score("top1_correct", "top1"),
+        Score("kind_correct", "kind_ok"),
+        Score("feature_cosine", "feat_cos"),
+        Score("paper_success", "paper_ok"),
+    )
 
     label: np.ndarray | None = None
     features: np.ndarray | None = None

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from attacks.base import Finding, not_applicable
 from attacks.soft_label import recover_soft_label
+from fedcore import Finding, not_applicable, single_sample_reason
 
 if TYPE_CHECKING:
-    from fedsim.update import ModelSpec, ServerView
+    from fedcore import ModelSpec, ServerView
 
 __all__ = ["SoftLabelAttack", "update_noise"]
 
@@ -64,10 +64,9 @@ class SoftLabelAttack:
 
     def check(self, model_spec: ModelSpec, train_config: Mapping[str, Any]) -> str | None:
         """A reason the attack cannot apply to this run, or None."""
-        if int(train_config.get("batch_size", 1)) != 1:
-            return "soft-label inversion needs batch_size 1 (a single sample's gradient)"
-        if int(train_config.get("local_steps", 1)) != 1:
-            return "soft-label inversion needs local_steps 1 (one SGD step per round)"
+        reason = single_sample_reason("soft-label inversion", train_config)
+        if reason:
+            return reason
         if float(train_config.get("lr", 0.0)) <= 0:
             return "soft-label inversion needs the learning rate (lr > 0) to undo the SGD step"
         return None

@@ -46,10 +46,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from attacks.base import Finding
+from fedcore import Finding, Score
 
 if TYPE_CHECKING:
-    from fedsim.update import Truth
+    from fedcore import Truth
 
 __all__ = [
     "MATCHED", "OUTPUT", "Transcript", "decoder_gradients", "reconstruct_transcript", "span_decode",
@@ -78,6 +78,13 @@ class Transcript(Finding):
         eos_id: the end token (pieces are the tokens before the first eos).
         tokenizer: optional object with `decode(ids) -> str`, used to score the text.
     """
+
+    SCORES = (
+        Score("exact"),
+        Score("wer", headline=True, higher_is_better=False),
+        Score("token_wer", higher_is_better=False),
+        Score("length_error", "len_err", higher_is_better=False),
+    )
 
     tokens: tuple[int, ...] = ()
     text: str | None = None

@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from attacks.base import Finding, not_applicable
+from fedcore import Finding, SpeechSpec, not_applicable, single_sample_reason
 
 if TYPE_CHECKING:
-    from fedsim.update import ModelSpec, ServerView
+    from fedcore import ModelSpec, ServerView
 
 __all__ = ["TranscriptAttack"]
 
@@ -33,12 +33,13 @@ class TranscriptAttack:
             misses a piece, as at a trained model), rerun over the whole vocabulary and keep
             the smaller distance (beyond the paper; False: the BoW result as it is).
         tokenizer_path: optional sentencepiece model file, to decode and score the text; when
-            empty, `view.model.extras["tokenizer_path"]` (set by the speech task) is used when
+            empty, `SpeechSpec.tokenizer_path` (set by the speech task) is used when
             that file exists on the server; otherwise the scores are over word pieces.
         options: further keyword options of `reconstruct_transcript` (restarts, steps, lr, ...).
     """
 
     name = "transcript"
+    requires = ("rlg",)
 
     def __init__(
         self,
@@ -53,18 +54,16 @@ class TranscriptAttack:
         self._tokenizers: dict[str, Any] = {}
 
     def check(self, model: ModelSpec, train_config: Mapping[str, Any]) -> str | None:
-        if model.task != "asr":
+        if not isinstance(model, SpeechSpec):
             return (
-                f"transcript reconstruction needs the speech task (task 'asr'), got {model.task!r}"
+                f"transcript reconstruction needs a speech model (task 'asr'), got {model.task!r}"
             )
-        if int(train_config.get("batch_size", 0)) != 1:
-            return "transcript reconstruction needs batch_size 1 (one utterance per update)"
-        if int(train_config.get("local_steps", 0)) != 1:
-            return "transcript reconstruction needs local_steps 1 (one gradient per update)"
-        return None
+        return single_sample_reason("transcript reconstruction", train_config)
 
     def _tokenizer(self, view: ServerView) -> Any:
-        path = self.tokenizer_path or str(view.model.extras.get("tokenizer_path", "") or "")
+        spec = view.model
+        assert isinstance(spec, SpeechSpec)  # check() has refused every other spec
+        path = self.tokenizer_path or spec.tokenizer_path
         if not path:
             return None
         if not Path(path).is_file():
@@ -77,10 +76,9 @@ class TranscriptAttack:
         if path not in self._tokenizers:
             import sentencepiece as spm
 
-            ex = view.model.extras
-            skip = (int(ex.get("pad_id", 0)), int(ex.get("bos_id", 2)))
             processor = spm.SentencePieceProcessor(model_file=path)
-            self._tokenizers[path] = _SpmText(processor, int(ex.get("eos_id", 3)), skip)
+            skip = (spec.pad_id, spec.bos_id)
+            self._tokenizers[path] = _SpmText(processor, spec.eos_id, skip)
         return self._tokenizers[path]
 
     def __call__(self, view: ServerView, findings: Mapping[str, Finding]) -> Finding:

@@ -39,10 +39,10 @@ from asr_train import checkpoint_dir
 from attacks.rlg import add_known_labels, reveal_labels
 from defenses.graddrop import GradDrop
 from defenses.signsgd import SignSGD
+from fedcore import Truth
 from fedsim.asr.metrics import word_error_rate
 from fedsim.tasks.asr import AsrTask
 from fedsim.tasks.base import TrainConfig
-from fedsim.update import Truth
 
 OUT = Path(__file__).parent / "results"
 PAPER = {
@@ -83,7 +83,7 @@ def attack_update(task, state, steps, lr, defense=None, num_labels="estimate"):
     true_s = sum(len(u) for step in tokens for u in step)
     start = time.perf_counter()
     spec = task.model_spec()  # as the rlg plugin: the projection's weight and bias updates
-    bound = sum(map(len, steps)) * spec.extras["max_target_tokens"]
+    bound = sum(map(len, steps)) * spec.max_labels_per_sample
     found = reveal_labels(update[spec.last_weight], bias_update=update[spec.last_bias],
                           num_labels=true_s if num_labels == "true" else None,
                           max_labels=bound)  # fmt: skip
@@ -92,7 +92,7 @@ def attack_update(task, state, steps, lr, defense=None, num_labels="estimate"):
               "length_error": float(true_s)}  # fmt: skip
     plain = found.score(truth) if found.ok else failed
     # The plugin's default (protocol_labels): eos, in every target, is added when missed.
-    found = add_known_labels(found, spec.extras.get("always_present", ()))
+    found = add_known_labels(found, spec.protocol_labels)
     scores = found.score(truth) if found.ok else failed
     return {**scores, "f1_plain": plain["f1"], "exact_plain": plain["exact"],
             "seconds": seconds, "tokens": true_s, "ok": float(found.ok)}  # fmt: skip

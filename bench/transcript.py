@@ -38,8 +38,8 @@ from asr_bow import eval_set, load_states
 
 from attacks.rlg import add_known_labels, reveal_labels
 from attacks.transcript import decoder_gradients, reconstruct_transcript
+from fedcore import Truth
 from fedsim.tasks.asr import AsrTask
-from fedsim.update import Truth
 
 OUT = Path(__file__).parent / "results"
 # Table 5 (16k word pieces, untrained model, 402 utterances): (WER, EM)
@@ -71,7 +71,7 @@ def attack_one(task: AsrTask, state: dict, index: int, configs: list[str], args)
     ref = task.corpus.utterances[index].text
     rlg = reveal_labels(update["output.weight"], bias_update=update["output.bias"])
     # As the rlg plugin (protocol_labels): eos ends every target, added when RLG misses it.
-    rlg = add_known_labels(rlg, task.model_spec().extras["always_present"])
+    rlg = add_known_labels(rlg, task.model_spec().protocol_labels)
     found_s = getattr(rlg, "num_labels", None) or 0
     row = {"index": index, "text": ref, "tokens": len(tokens[0][0]),
            "rlg_exact": float(rlg.ok and tuple(rlg.labels) == truth.label_set),

@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 
-from fedsim.update import Truth
+from fedcore import Truth
 
 __all__ = ["decode_truth", "encode_truth"]
 

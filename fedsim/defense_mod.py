@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 
-from defenses.base import Defense
+from fedcore import Defense
 
 __all__ = ["make_defense_mod"]
 

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 
-from defenses.base import Defense, Identity
+from defenses.identity import Identity
+from fedcore import Defense
 from fedsim.config import ConfigError
 from fedsim.tasks.base import Task
 
@@ -69,7 +70,7 @@ def build_attacks(cfg: dict) -> list:
 def build_defense(cfg: dict) -> Defense:
     """The defense of `cfg["defense"]` (a `_target_` node; null or "none" means no defense)."""
     node = cfg.get("defense")
-    if not node or node.get("_target_") in (None, "defenses.base.Identity"):
+    if not node or node.get("_target_") in (None, "defenses.identity.Identity"):
         return Identity()
     defense = _instantiate(node, "defense")
     if not callable(defense) or not getattr(defense, "name", None):

@@ -21,10 +21,9 @@ import numpy as np
 import torch
 from flwr.app import Message
 
-from attacks.base import ERROR, NOT_APPLICABLE, Finding
+from fedcore import ERROR, NOT_APPLICABLE, Finding, ModelSpec, ServerView, Truth, frozen_tensors
 from fedsim.audit import decode_truth
 from fedsim.logs import RoundLog
-from fedsim.update import ModelSpec, ServerView, Truth, frozen_tensors
 
 __all__ = ["AttackTimeout", "Observer", "run_with_timeout"]
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["capture_last_layer_input", "sgd_step", "soft_cross_entropy", "soft_targets"]
+__all__ = ["capture_last_layer_input", "soft_cross_entropy", "soft_targets"]
 
 
 def soft_targets(
@@ -33,16 +33,6 @@ def soft_targets(
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of `-sum_c target_c log softmax(logits)_c`; logits and target (N, C)."""
     return -(target * F.log_softmax(logits, dim=-1)).sum(-1).mean()
-
-
-def sgd_step(model: torch.nn.Module, loss: torch.Tensor, lr: float) -> None:
-    """One plain SGD step in place: `p <- p - lr * grad` (no momentum, no weight decay)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    with torch.no_grad():
-        for p, g in zip(params, grads, strict=True):
-            if g is not None:
-                p.sub_(lr * g)
 
 
 class capture_last_layer_input:

@@ -8,8 +8,7 @@ from collections.abc import Mapping
 
 import torch
 
-from attacks.base import Finding
-from fedsim.update import ServerView
+from fedcore import Finding, ServerView
 
 SEEN: list[ServerView] = []
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from attacks.rlg import reveal_labels
+from fedcore import SpeechSpec
 from fedsim.tasks.asr import AsrTask
 from fedsim.tasks.base import TrainConfig
 
@@ -27,7 +28,8 @@ def test_model_spec_names_the_output_projection(task):
     assert spec.task == "asr" and spec.num_classes == 1000
     assert params[spec.last_weight].shape == (1000, 256 + 256)  # [decoder state; context]
     assert params[spec.last_bias].shape == (1000,)
-    assert dict(spec.extras)["pad_id"] == PAD and spec.extras["eos_id"] == EOS
+    assert isinstance(spec, SpeechSpec) and (spec.pad_id, spec.eos_id) == (PAD, EOS)
+    assert spec.protocol_labels == (EOS,) and spec.max_labels_per_sample == task.max_target_tokens
 
 
 def test_model_overfits_a_handful_of_utterances(task):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from attacks.label_attacks import IDLGAttack, RLGAttack, YinAttack
-from fedsim.update import ModelSpec, ServerView, Truth
+from fedcore import ModelSpec, ServerView, Truth
 
 NUM_CLASSES, IN_DIM, HIDDEN = 40, 12, 24
 
@@ -63,17 +63,17 @@ def test_rlg_plugin_without_bias_counts():
 
 
 def test_rlg_plugin_adds_the_labels_the_protocol_guarantees():
-    """`always_present` (speech: eos) is added when RLG does not find it; counts are dropped."""
+    """`protocol_labels` (speech: eos) is added when RLG does not find it; counts are dropped."""
     view, _ = client_round(nn.SiLU, batch_size=4, local_steps=2)
     plain = RLGAttack(protocol_labels=False)(view, {})
     absent = next(c for c in range(NUM_CLASSES) if c not in plain.labels)
     present = plain.labels[0]
-    known = replace(view, model=replace(view.model, extras={"always_present": (absent,)}))
+    known = replace(view, model=replace(view.model, protocol_labels=(absent,)))
     found = RLGAttack()(known, {})
     assert set(found.labels) == {*plain.labels, absent} and found.counts is None
     assert found.diagnostics["added_known"] == [absent]
     assert RLGAttack(protocol_labels=False)(known, {}).labels == plain.labels
-    same = replace(view, model=replace(view.model, extras={"always_present": (present,)}))
+    same = replace(view, model=replace(view.model, protocol_labels=(present,)))
     for unchanged in (same, view):  # already found; images: nothing is guaranteed
         found = RLGAttack()(unchanged, {})
         assert (found.labels, found.counts) == (plain.labels, plain.counts)
@@ -81,9 +81,9 @@ def test_rlg_plugin_adds_the_labels_the_protocol_guarantees():
 
 
 def test_rlg_plugin_bounds_s_by_the_longest_target():
-    """Speech: S <= N * K * max_target_tokens; a larger rank is reported, not tested."""
+    """Speech: S <= N * K * max_labels_per_sample; a larger rank is reported, not tested."""
     view, truth = client_round(nn.SiLU, batch_size=4, local_steps=2)  # S = 8
-    speech = replace(view, model=replace(view.model, extras={"max_target_tokens": 1}))
+    speech = replace(view, model=replace(view.model, max_labels_per_sample=1))
     assert RLGAttack()(speech, {}).score(truth)["exact"] == 1.0  # bound 8: within
     small = replace(speech, train_config={**view.train_config, "batch_size": 1})
     found = RLGAttack()(small, {})  # bound 2 < rank 8

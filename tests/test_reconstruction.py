@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import attacks.image_metrics as im
-from attacks.base import NOT_APPLICABLE
 from attacks.recon_attack import ReconstructAttack, Reconstruction, linear_head
 from attacks.reconstruction import (
     dlg,
@@ -20,8 +19,8 @@ from attacks.reconstruction import (
 )
 from attacks.soft_label import recover_soft_label
 from attacks.soft_label_attack import SoftLabelAttack
+from fedcore import NOT_APPLICABLE, ModelSpec, ServerView, Truth
 from fedsim.models.image import MLP
-from fedsim.update import ModelSpec, ServerView, Truth
 
 
 def _smooth(c: int, k: int, eps: float) -> torch.Tensor:

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from fedcore import ServerView, Truth
 from fedsim.logs import load
 from fedsim.tasks.base import TrainConfig
-from fedsim.update import ServerView, Truth
 from tests import plugins
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -287,7 +287,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks.base import Finding
+from fedcore import Finding
 from attacks.metrics import label_set_scores
 
 

@@ -10,10 +10,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attacks.base import NOT_APPLICABLE
 from attacks.soft_label import SoftLabel, label_kind, recover_soft_label
 from attacks.soft_label_attack import SoftLabelAttack
-from fedsim.update import ModelSpec, ServerView, Truth
+from fedcore import NOT_APPLICABLE, ModelSpec, ServerView, Truth
 
 C, D = 10, 32
 

@@ -8,7 +8,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attacks.base import Finding
 from attacks.labelset import LabelSet
 from attacks.rlg import reveal_labels
 from attacks.transcript import (
@@ -20,8 +19,8 @@ from attacks.transcript import (
     span_decode,
 )
 from attacks.transcript_attack import TranscriptAttack
+from fedcore import Finding, ModelSpec, ServerView, SpeechSpec, Truth, frozen_tensors
 from fedsim.asr.model import LAS, pad_batch, sequence_loss
-from fedsim.update import ModelSpec, ServerView, Truth, frozen_tensors
 
 V, EOS, LR = 40, 3, 0.1
 SIZES = {"enc_hidden": 16, "dec_hidden": 32, "embed_dim": 16, "att_dim": 16, "channels": 4}
@@ -172,9 +171,9 @@ def test_bad_input_is_rejected():
 # ------------------------------------------------------------------------------------ plugin
 def view_of(target: list[int], seed: int = 0, **config) -> ServerView:
     grads = gradients(MODEL, target, seed)
-    spec = ModelSpec(task="asr", name="las", num_classes=V, last_weight="output.weight",
-                     last_bias="output.bias", build=lambda: LAS(V, **SIZES),
-                     extras={"pad_id": 0, "bos_id": 2, "eos_id": EOS})  # fmt: skip
+    spec = SpeechSpec(task="asr", name="las", num_classes=V, last_weight="output.weight",
+                      last_bias="output.bias", build=lambda: LAS(V, **SIZES),
+                      pad_id=0, bos_id=2, eos_id=EOS)  # fmt: skip
     train = {"lr": LR, "local_steps": 1, "batch_size": 1, "label_smoothing": 0.0, **config}
     return ServerView(round=1, client_id=0, global_model=frozen_tensors(MODEL.state_dict()),
                       update=frozen_tensors({n: -LR * g for n, g in grads.items()}),

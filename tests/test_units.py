@@ -12,13 +12,13 @@ from attacks.labelset import LabelSet
 from attacks.metrics import count_l1, label_set_scores
 from defenses.graddrop import GradDrop
 from defenses.signsgd import SignSGD
+from fedcore import Truth
 from fedsim.audit import decode_truth, encode_truth
 from fedsim.config import ConfigError, compose_config
 from fedsim.data.partition import partition_indices
 from fedsim.logs import RoundLog, load
 from fedsim.models.image import IMAGE_MODELS, LAST_LAYER, build_image_model
 from fedsim.training import soft_targets
-from fedsim.update import Truth
 
 
 @settings(max_examples=30, deadline=None)

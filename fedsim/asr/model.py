@@ -15,9 +15,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-__all__ = ["LAS", "OUTPUT_LAYER", "pad_batch", "sequence_loss"]
+from fedcore import DecoderParams
+
+__all__ = ["LAS", "LAS_DECODER", "OUTPUT_LAYER", "pad_batch", "sequence_loss"]
 
 OUTPUT_LAYER = "output"  # module name of the output projection (the RLG target)
+# The decoder step's parameter names, for attacks that replay it (transcript reconstruction).
+LAS_DECODER = DecoderParams(
+    embed="embed.weight", cell="decoder", attention_query="att_s", output=OUTPUT_LAYER
+)
 
 
 class LAS(nn.Module):

@@ -16,13 +16,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedcore import SpeechSpec, Truth
+from fedcore.sgd import sgd_step
 from fedsim.asr.corpus import N_MELS, Corpus, load_corpus
 from fedsim.asr.metrics import word_error_rate
-from fedsim.asr.model import LAS, OUTPUT_LAYER, pad_batch
+from fedsim.asr.model import LAS, LAS_DECODER, OUTPUT_LAYER, pad_batch
 from fedsim.asr.tokenizer import Tokenizer, train_tokenizer
 from fedsim.tasks.base import TrainConfig, TrainResult
-from fedsim.training import sgd_step
-from fedsim.update import ModelSpec, Truth
 
 __all__ = ["AsrTask"]
 
@@ -72,9 +72,9 @@ class AsrTask:
         self.max_target_tokens = max(map(len, self.targets))
 
     # ------------------------------------------------------------------ model
-    def model_spec(self) -> ModelSpec:
+    def model_spec(self) -> SpeechSpec:
         tok = self.tokenizer
-        return ModelSpec(
+        return SpeechSpec(
             task=self.name,
             name="las",
             num_classes=tok.vocab_size,
@@ -82,11 +82,11 @@ class AsrTask:
             last_bias=f"{OUTPUT_LAYER}.bias",
             build=partial(self.build_model),
             input_shape=None,
-            extras={"pad_id": tok.pad_id, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
-                    "unk_id": tok.unk_id, "target_tokens": "pieces + eos",
-                    "tokenizer_path": str(tok.path),
-                    "always_present": (tok.eos_id,),
-                    "max_target_tokens": self.max_target_tokens},
+            protocol_labels=(tok.eos_id,),  # every target ends with eos
+            max_labels_per_sample=self.max_target_tokens,
+            pad_id=tok.pad_id, unk_id=tok.unk_id, bos_id=tok.bos_id, eos_id=tok.eos_id,
+            tokenizer_path=str(tok.path),
+            decoder=LAS_DECODER,
         )  # fmt: skip
 
     def build_model(self) -> LAS:

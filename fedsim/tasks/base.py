@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
-from fedsim.update import ModelSpec, Truth
+from fedcore import ModelSpec, Truth
 
 __all__ = ["Task", "TrainConfig", "TrainResult"]
 

@@ -7,12 +7,13 @@ from functools import cache, partial
 import numpy as np
 import torch
 
+from fedcore import ModelSpec, Truth
+from fedcore.sgd import sgd_step
 from fedsim.data.fashion_mnist import check_fashion_mnist, load_fashion_mnist
 from fedsim.data.partition import partition_indices
 from fedsim.models.image import LAST_LAYER, build_image_model
 from fedsim.tasks.base import TrainConfig, TrainResult
-from fedsim.training import capture_last_layer_input, sgd_step, soft_cross_entropy, soft_targets
-from fedsim.update import ModelSpec, Truth
+from fedsim.training import capture_last_layer_input, soft_cross_entropy, soft_targets
 
 __all__ = ["ImageTask"]
 

@@ -1,8 +1,5 @@
 """The data an attack sees (`ServerView`) and the data only the scorer sees (`Truth`).
 
-This module depends on torch and the standard library only, so `attacks` and `defenses` can use
-these types without importing Flower.
-
 Sign convention: `ServerView.update[name] = after - before` for every parameter (the weights the
 client sent minus the weights the server sent). For plain SGD with learning rate `lr`, the
 pseudo-gradient `-update / lr` is the sum of the K local steps' gradients.
@@ -11,45 +8,22 @@ pseudo-gradient `-update / lr` is the sum of the K local steps' gradients.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["ModelSpec", "ServerView", "Truth", "frozen_tensors"]
+from fedcore.sgd import sgd_step
+from fedcore.spec import ModelSpec
+
+__all__ = ["ServerView", "Truth", "frozen_tensors"]
 
 
 def frozen_tensors(tensors: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
     """A read-only mapping of detached copies (attacks cannot alter what later attacks see)."""
     return MappingProxyType({k: v.detach().clone() for k, v in tensors.items()})
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the server knows about the architecture it distributes.
-
-    Attributes:
-        task: "image" or "asr".
-        name: model name from the config (e.g. "lenet").
-        num_classes: C, the output size of the last layer (classes or word pieces).
-        last_weight: parameter name of the last linear layer's weight, layout `(C, d)`.
-        last_bias: parameter name of its bias `(C,)`, or None when the layer has none.
-        build: returns a fresh `nn.Module` of this architecture (weights arbitrary; load a
-            state dict to get the global model).
-        input_shape: shape of one input sample, e.g. `(1, 28, 28)`; None for variable-length input.
-        extras: task-specific facts (e.g. special token ids for ASR).
-    """
-
-    task: str
-    name: str
-    num_classes: int
-    last_weight: str
-    last_bias: str | None
-    build: Callable[[], torch.nn.Module]
-    input_shape: tuple[int, ...] | None = None
-    extras: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -86,6 +60,11 @@ class ServerView:
     def batch_size(self) -> int:
         return int(self.train_config["batch_size"])
 
+    @property
+    def total_samples(self) -> int:
+        """N * K, the samples behind the update (for speech: utterances, not tokens)."""
+        return self.batch_size * self.local_steps
+
     def last_layer_update(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The last linear layer's `(weight, bias)` update (after - before), shapes (C, d), (C,)."""
         spec = self.model
@@ -112,8 +91,6 @@ class ServerView:
 
         Builds attack inputs outside a simulation (notebooks, tests, other frameworks).
         """
-        from fedsim.training import sgd_step
-
         before = {k: v.detach().clone() for k, v in model.state_dict().items()}
         for loss_of in step_losses:
             sgd_step(model, loss_of(model), lr)
@@ -157,19 +134,18 @@ class Truth:
     inputs: np.ndarray | None = None
     features: np.ndarray | None = None
 
+    def _flat_labels(self) -> list[int]:
+        if self.tokens is not None:
+            return [t for step in self.tokens for utt in step for t in utt]
+        return np.asarray(self.labels).ravel().tolist()
+
     @property
     def label_set(self) -> tuple[int, ...]:
         """Sorted distinct labels over all steps (word-piece ids for ASR)."""
-        if self.tokens is not None:
-            return tuple(sorted({t for step in self.tokens for utt in step for t in utt}))
-        return tuple(sorted(set(np.asarray(self.labels).ravel().tolist())))
+        return tuple(sorted(set(self._flat_labels())))
 
     @property
     def label_counts(self) -> dict[int, int]:
         """How many times each label occurs over all steps (tokens for ASR)."""
-        if self.tokens is not None:
-            flat = [t for step in self.tokens for utt in step for t in utt]
-        else:
-            flat = np.asarray(self.labels).ravel().tolist()
-        values, counts = np.unique(np.asarray(flat, dtype=np.int64), return_counts=True)
+        values, counts = np.unique(np.asarray(self._flat_labels(), np.int64), return_counts=True)
         return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
