@@ -12,6 +12,7 @@ This package needs only torch and numpy (no Flower, no Hydra). The arrows of the
 - `AttackRunner`: runs attacks on a view in order, isolated and timed, and scores them.
 """
 
+from fedcore.devices import resolve_device
 from fedcore.findings import ERROR, NOT_APPLICABLE, OK, Finding, Score, not_applicable
 from fedcore.plugins import Attack, Defense, single_sample_reason
 from fedcore.runner import AttackRunner, AttackTimeout, check_dependencies, run_with_timeout
@@ -34,6 +35,7 @@ __all__ = [
     "SpeechSpec",
     "Truth",
     "check_dependencies",
+    "resolve_device",
     "frozen_tensors",
     "not_applicable",
     "run_with_timeout",

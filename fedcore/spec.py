@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -52,10 +52,10 @@ class DecoderParams:
         output: prefix of the output projection `(V, d)` over `[state; context]`.
     """
 
-    embed: str = "embed.weight"
-    cell: str = "decoder"
-    attention_query: str = "att_s"
-    output: str = "output"
+    embed: str
+    cell: str
+    attention_query: str
+    output: str
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,8 @@ class SpeechSpec(ModelSpec):
     Attributes:
         pad_id, unk_id, bos_id, eos_id: special word-piece ids (targets end with eos).
         tokenizer_path: the sentencepiece model file on the server's machine ("" when unknown).
-        decoder: names of the decoder step's parameters (`DecoderParams`).
+        decoder: names of the decoder step's parameters (`DecoderParams`), for attacks that
+            replay it; None when the model has no such decoder.
     """
 
     pad_id: int = 0
@@ -73,4 +74,4 @@ class SpeechSpec(ModelSpec):
     bos_id: int = 2
     eos_id: int = 3
     tokenizer_path: str = ""
-    decoder: DecoderParams = field(default_factory=DecoderParams)
+    decoder: DecoderParams | None = None

@@ -20,7 +20,7 @@ from attacks.transcript import (
 )
 from attacks.transcript_attack import TranscriptAttack
 from fedcore import Finding, ModelSpec, ServerView, SpeechSpec, Truth, frozen_tensors
-from fedsim.asr.model import LAS, pad_batch, sequence_loss
+from fedsim.asr.model import LAS, LAS_DECODER, pad_batch, sequence_loss
 
 V, EOS, LR = 40, 3, 0.1
 SIZES = {"enc_hidden": 16, "dec_hidden": 32, "embed_dim": 16, "att_dim": 16, "channels": 4}
@@ -173,7 +173,7 @@ def view_of(target: list[int], seed: int = 0, **config) -> ServerView:
     grads = gradients(MODEL, target, seed)
     spec = SpeechSpec(task="asr", name="las", num_classes=V, last_weight="output.weight",
                       last_bias="output.bias", build=lambda: LAS(V, **SIZES),
-                      pad_id=0, bos_id=2, eos_id=EOS)  # fmt: skip
+                      pad_id=0, bos_id=2, eos_id=EOS, decoder=LAS_DECODER)  # fmt: skip
     train = {"lr": LR, "local_steps": 1, "batch_size": 1, "label_smoothing": 0.0, **config}
     return ServerView(round=1, client_id=0, global_model=frozen_tensors(MODEL.state_dict()),
                       update=frozen_tensors({n: -LR * g for n, g in grads.items()}),
