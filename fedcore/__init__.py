@@ -35,9 +35,9 @@ __all__ = [
     "SpeechSpec",
     "Truth",
     "check_dependencies",
-    "resolve_device",
     "frozen_tensors",
     "not_applicable",
+    "resolve_device",
     "run_with_timeout",
     "single_sample_reason",
 ]
