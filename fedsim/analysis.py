@@ -9,7 +9,7 @@ import pandas as pd
 
 from fedsim.logs import load
 
-__all__ = ["find_runs", "load_runs"]
+__all__ = ["declared_scores", "find_runs", "headline_score", "load_runs"]
 
 
 def find_runs(*roots: str | Path) -> list[Path]:
@@ -39,3 +39,18 @@ def load_runs(run_dirs: Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFram
     if not rounds:
         raise FileNotFoundError("no run directories given (or none holds rounds.parquet)")
     return pd.concat(rounds, ignore_index=True), pd.concat(attacks, ignore_index=True)
+
+
+def declared_scores(run_dirs: Iterable[str | Path]) -> dict[str, list[dict]]:
+    """attack -> the score columns its findings declare (`fedcore.Score` as dicts), over runs."""
+    declared: dict[str, list[dict]] = {}
+    for run_dir in run_dirs:
+        for attack, scores in load(run_dir).scores.items():
+            declared.setdefault(attack, scores)
+    return declared
+
+
+def headline_score(declared: dict[str, list[dict]], attack: str) -> dict | None:
+    """The attack's headline score (the one the round lines show), or its first, or None."""
+    scores = declared.get(attack, [])
+    return next((s for s in scores if s.get("headline")), scores[0] if scores else None)

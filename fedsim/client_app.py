@@ -72,7 +72,7 @@ def build_client_app(cfg: dict) -> ClientApp:
         spec = task.model_spec()
         pid, nparts = _partition(context)
         config = msg.content["config"]
-        train_config = TrainConfig.from_record({**config, "round": config["server-round"]})
+        train_config = TrainConfig.from_record(config)
         model = spec.build()
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         # Dropout and other torch randomness depend on (seed, round, client) only, not on which

@@ -14,6 +14,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 
 from fedcore import Defense
+from fedsim.tasks.base import TrainConfig
 
 __all__ = ["make_defense_mod"]
 
@@ -47,7 +48,7 @@ def make_defense_mod(defense: Defense, parameter_names: frozenset[str]) -> Calla
         state = _load_state(context)
         state.update(
             partition_id=int(context.node_config.get("partition-id", -1)),
-            round=int(config.get("server-round", 0)),
+            round=TrainConfig.round_of(config),
             lr=float(config["lr"]),
             local_steps=int(config["local_steps"]),
             batch_size=int(config["batch_size"]),

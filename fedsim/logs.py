@@ -7,8 +7,10 @@ so a run killed at any moment leaves complete tables up to its last finished rou
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ class RoundLog:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.context = dict(context or {})  # columns added to every attack and client row
         self.rows: dict[str, list[dict]] = {t: [] for t in TABLES}
+        self.scores: dict[str, list[dict]] = {}  # attack -> its findings' declared scores
 
     def resume(self, last_round: int) -> None:
         """Reload the rows already on disk up to `last_round` (to continue a stopped run)."""
@@ -38,6 +41,14 @@ class RoundLog:
                     frame = frame[frame["round"] <= last_round]
                 rows = frame.to_dict("records")
                 self.rows[table] = [{k: v for k, v in r.items() if not _missing(v)} for r in rows]
+        scores = self.run_dir / "scores.json"
+        if scores.exists():
+            self.scores = json.loads(scores.read_text())
+
+    def declare_scores(self, scores: Mapping[str, Sequence[Any]]) -> None:
+        """Record each attack's score columns (`fedcore.Score`s), written to `scores.json`."""
+        for attack, declared in scores.items():
+            self.scores[attack] = [s.to_dict() for s in declared]
 
     def add(self, table: str, **row: Any) -> None:
         base = self.context if table != "rounds" else {}
@@ -49,6 +60,10 @@ class RoundLog:
             tmp = path.with_suffix(".parquet.tmp")
             pd.DataFrame(rows).to_parquet(tmp, index=False)
             os.replace(tmp, path)
+        if self.scores:
+            tmp = self.run_dir / "scores.json.tmp"
+            tmp.write_text(json.dumps(self.scores, indent=1))
+            os.replace(tmp, self.run_dir / "scores.json")
 
 
 def _missing(value: Any) -> bool:
@@ -57,12 +72,15 @@ def _missing(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class RunLogs:
-    """The tables of one run: attacks (round, client, attack), clients (round, client), rounds."""
+    """The tables of one run: attacks (round, client, attack), clients (round, client), rounds;
+    and `scores`: attack -> its declared score columns (dicts with name, label, headline,
+    higher_is_better), from `scores.json`."""
 
     run_dir: Path
     attacks: pd.DataFrame
     clients: pd.DataFrame
     rounds: pd.DataFrame
+    scores: dict[str, list[dict]] = field(default_factory=dict)
 
 
 def load(run_dir: str | Path) -> RunLogs:
@@ -76,4 +94,6 @@ def load(run_dir: str | Path) -> RunLogs:
     for table in TABLES:
         path = run_dir / f"{table}.parquet"
         frames[table] = pd.read_parquet(path) if path.exists() else pd.DataFrame()
-    return RunLogs(run_dir=run_dir, **frames)
+    scores_path = run_dir / "scores.json"
+    scores = json.loads(scores_path.read_text()) if scores_path.exists() else {}
+    return RunLogs(run_dir=run_dir, **frames, scores=scores)

@@ -1,9 +1,10 @@
 """A Grid wrapper that shows every train reply to the `Observer` before the strategy aggregates.
 
 It composes with any strategy (FedAvg, FedProx, Krum, ...): the strategy calls
-`send_and_receive`, the wrapper records the global model and config sent to each node, lets the
-observer attack the replies, and returns only the replies that may be aggregated. Node ids are
-listed in partition order, so a seeded `random` gives the same client sample on every run.
+`send_and_receive`; the wrapper records the global model and config sent to each node, lets the
+observer attack the replies, and returns only the replies that may be aggregated. It changes
+nothing it is given. Node ids are listed in partition order, so a seeded sampler draws the same
+clients on every run.
 """
 
 from __future__ import annotations
@@ -14,20 +15,14 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedsim.observer import Observer
+from fedsim.tasks.base import TrainConfig
 
 __all__ = ["ObservedGrid"]
 
 
 class ObservedGrid(Grid):
-    def __init__(
-        self,
-        inner: Grid,
-        observer: Observer,
-        partition_of: Mapping[int, int],
-        round_offset: int = 0,
-    ) -> None:
+    def __init__(self, inner: Grid, observer: Observer, partition_of: Mapping[int, int]) -> None:
         self._inner, self.observer, self.partition_of = inner, observer, dict(partition_of)
-        self.round_offset = round_offset  # rounds already done by a resumed run
 
     # Plain delegation.
     def set_run(self, run) -> None:
@@ -55,22 +50,15 @@ class ObservedGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):
         messages = list(messages)
-        sent, round_, shifted = {}, 0, set()
+        sent, round_ = {}, 0
         for m in messages:
             if m.metadata.message_type.split(".")[0] == MessageType.TRAIN:
-                record = m.content["config"]
-                if self.round_offset and id(record) not in shifted:  # messages share one record
-                    record["server-round"] = int(record["server-round"]) + self.round_offset
-                    shifted.add(id(record))
-                config = dict(record)
+                config = dict(m.content["config"])
                 sent[m.metadata.dst_node_id] = (m.content["arrays"], config)
-                round_ = int(config.get("server-round", 0))
+                round_ = TrainConfig.round_of(config)
         replies = list(self._inner.send_and_receive(messages, timeout=timeout))
         if not sent:
             return replies
         train = [r for r in replies if r.metadata.src_node_id in sent]
         others = [r for r in replies if r.metadata.src_node_id not in sent]
-        missing = len(sent) - len(train)
-        kept = self.observer.observe(round_, sent, train, self.partition_of)
-        self.observer.round_stats["failures"] += missing  # no reply before the timeout
-        return kept + others
+        return self.observer.observe(round_, sent, train, self.partition_of) + others

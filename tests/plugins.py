@@ -11,6 +11,7 @@ import torch
 from fedcore import Finding, ServerView
 
 SEEN: list[ServerView] = []
+FINDINGS: list[dict] = []  # the `findings` argument of each Recorder call (a copy)
 
 
 class Recorder:
@@ -20,6 +21,7 @@ class Recorder:
 
     def __call__(self, view: ServerView, findings: Mapping[str, Finding]) -> Finding:
         SEEN.append(view)
+        FINDINGS.append(dict(findings))
         return Finding(
             diagnostics={
                 "update_norm": float(sum(v.float().norm() ** 2 for v in view.update.values()))

@@ -67,24 +67,19 @@ def test_signsgd_and_graddrop_as_seen_by_the_server(run_fedsim):
 def test_attacks_cannot_reach_the_truth(run_fedsim):
     """The view holds no Truth and no audit bytes, and the strategy never sees the audit record."""
     plugins.SEEN.clear()
-    run_fedsim(RECORDER, "fl.keep_inputs=true")
+    plugins.FINDINGS.clear()
+    run_fedsim("attack=[rlg]", RECORDER, "fl.keep_inputs=true")
     assert plugins.SEEN
-    for view in plugins.SEEN:
-        found = _reachable(view)
+    for view, findings in zip(plugins.SEEN, plugins.FINDINGS, strict=True):
+        found = _reachable(view) + _reachable(findings)
         assert not any(isinstance(o, Truth) for o in found)
         assert not any(isinstance(o, bytes | bytearray) for o in found)
         assert {f.name for f in dataclasses.fields(ServerView)} == {
             "round", "client_id", "global_model", "update", "train_config", "num_examples", "model"
         }  # fmt: skip
         assert "audit" not in view.train_config or view.train_config["audit"] in (True, False)
-    # Attacks are called with (view, findings) only.
-    import inspect
-
-    assert list(inspect.signature(plugins.Recorder.__call__).parameters) == [
-        "self",
-        "view",
-        "findings",
-    ]
+        # What else an attack is given: the findings of the attacks listed before it.
+        assert list(findings) == ["rlg"] and type(findings["rlg"]).__name__ == "LabelSet"
 
 
 def _reachable(root, limit: int = 100_000) -> list:
@@ -280,67 +275,6 @@ def test_module_level_apps_for_flwr_run(tmp_path):
     assert list(logs.rounds["round"]) == [0, 1]
     # Deployment does not ask clients for ground truth: the attack runs but is not scored.
     assert (logs.attacks["status"] == "ok").all() and "f1" not in logs.attacks
-
-
-README_PLUGINS = """
-from dataclasses import dataclass
-
-import torch
-
-from fedcore import Finding
-from attacks.metrics import label_set_scores
-
-
-@dataclass(frozen=True, kw_only=True)
-class BiasLabels(Finding):
-    labels: tuple[int, ...] = ()
-
-    def score(self, truth):
-        return label_set_scores(self.labels, truth.label_set)
-
-
-class BiasSignAttack:
-    name = "bias_sign"
-
-    def __init__(self, threshold: float = 0.0):
-        self.threshold = threshold
-
-    def check(self, model, train_config):
-        return None if model.last_bias else "needs a bias in the last layer"
-
-    def __call__(self, view, findings):
-        _, bias_update = view.last_layer_update()
-        grad = -bias_update / view.lr
-        return BiasLabels(labels=tuple(int(c) for c in (grad < self.threshold).nonzero()))
-
-
-class AddNoise:
-    name = "noise"
-
-    def __init__(self, sigma: float = 0.01):
-        self.sigma = sigma
-
-    def __call__(self, update, state):
-        return {k: v + self.sigma * torch.randn_like(v) for k, v in update.items()}
-"""
-
-
-def test_readme_plugin_example_runs(tmp_path):
-    """The plugin example of the README works from the command line, as written there."""
-    (tmp_path / "myplugins.py").write_text(README_PLUGINS)
-    out = tmp_path / "plugin"
-    args = [a for a in FAST_CLI if a != "attack=[]"]
-    result = _cli(*args, "attack=[yin]", "+attack.bias_sign._target_=myplugins.BiasSignAttack",
-                  "+attack.bias_sign.threshold=0", "defense._target_=myplugins.AddNoise",
-                  "+defense.sigma=1e-6", "fl.batch_size=3", "fl.rounds=1", f"output={out}",
-                  cwd=tmp_path)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    attacks = load(out).attacks.set_index("attack")
-    assert (attacks.loc["bias_sign", "status"] == "ok").all()
-    assert (
-        attacks.loc["bias_sign", "recall"] == 1.0
-    ).all()  # the bias gradient reveals every label
-    assert (load(out).clients["defense"] == "noise").all()
 
 
 def test_resume_continues_a_killed_run(tmp_path):

@@ -48,8 +48,16 @@ class TrainConfig:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> TrainConfig:
+        """From the config record the server sent (its round: `round_of(record)`)."""
         names = cls.__dataclass_fields__.keys()
-        return cls(**{k: record[k] for k in names if k in record})
+        values = {k: record[k] for k in names if k in record and k != "round"}
+        return cls(**values, round=cls.round_of(record))
+
+    @staticmethod
+    def round_of(record: Mapping[str, Any]) -> int:
+        """The run's round of a server config record: Flower's "server-round" (1-based, per
+        `strategy.start`) plus "round-offset" (the rounds a resumed run had already done)."""
+        return int(record.get("server-round", 0)) + int(record.get("round-offset", 0))
 
 
 @dataclass(frozen=True)
