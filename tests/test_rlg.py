@@ -10,10 +10,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attacks.labelset import LabelSet
 from attacks.rlg import counts_from_bias, counts_from_bias_ratios, reveal_labels
 from attacks.rlg_cone import separable_fast, separable_lp
 from attacks.rlg_rank import gap_rank, row_space
+from fedcore import Truth
 
 ACTS = {
     "relu": lambda z: np.maximum(z, 0),
@@ -259,7 +259,9 @@ def test_counts_not_identifiable_without_bias():
 def test_not_applicable_inputs(matrix, reason):
     result = reveal_labels(matrix)
     assert result.status == "not_applicable" and reason in result.message
-    assert not isinstance(result, LabelSet) or result.score is not None
+    # No labels claimed and nothing scored: a not-applicable row carries no (zero) scores.
+    assert getattr(result, "labels", ()) == ()
+    assert result.score(Truth(labels=np.array([[1, 2]]))) == {}
 
 
 def test_not_applicable_when_batch_reaches_feature_dim():

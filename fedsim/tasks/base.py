@@ -1,6 +1,6 @@
 """The task interface: data, model, local training and evaluation for one kind of problem.
 
-A task is built once per process from the config (`fedsim.tasks.build_task(cfg)`); the client app
+A task is built once per process from the config (`fedsim.factory.build_task(cfg)`); the client app
 calls `local_train` on its partition, the server calls `evaluate` on the global model. Tasks know
 nothing of Flower.
 """
@@ -8,7 +8,7 @@ nothing of Flower.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -42,9 +42,6 @@ class TrainConfig:
     mixup_alpha: float = 0.0
     seed: int = 0
     keep_inputs: bool = False
-
-    def to_record(self) -> dict[str, Any]:
-        return asdict(self)
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> TrainConfig:
