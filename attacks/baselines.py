@@ -13,24 +13,19 @@ from typing import Any
 import numpy as np
 
 from attacks.labelset import LabelSet
+from fedcore.tensors import to_numpy
 
 __all__ = ["as_numpy_2d", "idlg_label", "yin_labels"]
 
 
-def _to_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
 def as_numpy_2d(matrix: Any, name: str = "weight_grad") -> np.ndarray:
     """A float64 numpy view/copy of a `(C, d)` torch tensor or array; ValueError if not 2-D."""
-    array = _to_numpy(matrix)
+    array = to_numpy(matrix, np.float64)
     if array.ndim != 2:
         raise ValueError(
             f"{name} must be 2-D (C, d) like nn.Linear.weight, got shape {array.shape}"
         )
-    return array.astype(np.float64, copy=False)
+    return array
 
 
 def yin_labels(weight_grad: Any, num_labels: int | None = None) -> LabelSet:
@@ -71,7 +66,7 @@ def idlg_label(weight_grad: Any, bias_grad: Any | None = None) -> LabelSet:
     """
     grad = as_numpy_2d(weight_grad)
     if bias_grad is not None:
-        bias = as_numpy_2d(_to_numpy(bias_grad).reshape(1, -1), "bias_grad")[0]
+        bias = to_numpy(bias_grad, np.float64).ravel()
         if bias.shape[0] != grad.shape[0]:
             raise ValueError(
                 f"bias_grad has {bias.shape[0]} entries but weight_grad {grad.shape[0]} rows"

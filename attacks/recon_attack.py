@@ -18,7 +18,12 @@ import torch
 from torch import nn
 
 from attacks.image_metrics import psnr, ssim
-from attacks.reconstruction import _MODULE_ACTS, fcn_layers, gradient_matching, invert_fcn
+from attacks.reconstruction import (
+    MODULE_ACTIVATIONS,
+    fcn_layers,
+    gradient_matching,
+    invert_fcn,
+)
 from fedcore import Finding, Score, not_applicable, single_sample_reason
 
 if TYPE_CHECKING:
@@ -54,11 +59,11 @@ def linear_head(module: nn.Module) -> tuple[list[str], str] | None:
     for name, sub in reversed(leaves):
         if isinstance(sub, nn.Linear):
             names.insert(0, f"{name}.weight")
-        elif type(sub) in _MODULE_ACTS or isinstance(sub, nn.Flatten | nn.Dropout):
+        elif type(sub) in MODULE_ACTIVATIONS or isinstance(sub, nn.Flatten | nn.Dropout):
             continue
         elif any(True for _ in sub.parameters()) or names:
             break
-    acts = {_MODULE_ACTS[type(m)] for _, m in leaves if type(m) in _MODULE_ACTS} - {"identity"}
+    acts = {MODULE_ACTIVATIONS.get(type(m)) for _, m in leaves} - {None, "identity"}
     if not names or (len(names) > 1 and len(acts) != 1):
         return None
     return names, (acts.pop() if acts else "identity")

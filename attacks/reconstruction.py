@@ -26,6 +26,7 @@ from torch import nn
 
 __all__ = [
     "ACTIVATION_SLOPES",
+    "MODULE_ACTIVATIONS",
     "MatchResult",
     "dlg",
     "fcn_layers",
@@ -40,7 +41,13 @@ ACTIVATION_SLOPES = {
     "tanh": lambda a: 1 - a * a,
     "identity": torch.ones_like,
 }
-_MODULE_ACTS = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Identity: "identity"}
+# module type -> its name in ACTIVATION_SLOPES
+MODULE_ACTIVATIONS = {
+    nn.ReLU: "relu",
+    nn.Sigmoid: "sigmoid",
+    nn.Tanh: "tanh",
+    nn.Identity: "identity",
+}
 
 
 def sample_gradients(
@@ -63,8 +70,8 @@ def fcn_layers(module: nn.Module) -> tuple[list[str], str] | None:
     for name, sub in module.named_modules():
         if isinstance(sub, nn.Linear):
             linears.append(f"{name}.weight")
-        elif type(sub) in _MODULE_ACTS:
-            acts.add(_MODULE_ACTS[type(sub)])
+        elif type(sub) in MODULE_ACTIVATIONS:
+            acts.add(MODULE_ACTIVATIONS[type(sub)])
         elif len(list(sub.children())) == 0 and not isinstance(sub, nn.Flatten | nn.Dropout):
             return None
     acts.discard("identity")
@@ -167,72 +174,20 @@ def gradient_matching(
     """
     if distance not in ("cosine", "l2"):
         raise ValueError("distance must be 'cosine' or 'l2'")
-    gen = torch.Generator().manual_seed(seed)
-    model = model.train(train_mode)
-    names = [n for n, p in model.named_parameters() if n in target_grads]
-    params = [dict(model.named_parameters())[n] for n in names]
-    if not names:
-        raise ValueError("target_grads names no parameter of the model")
-    targets = [target_grads[n].detach().to(params[0].dtype) for n in names]
-    lo, hi = bounds if bounds is not None else (0.0, 1.0)
-    x = (lo + (hi - lo) * torch.rand((1, *input_shape), generator=gen)).requires_grad_(True)
-    num_classes = targets[-1].shape[0]
-    label_logits = torch.zeros(num_classes).normal_(generator=gen).requires_grad_(label is None)
-    opt_params = [x] + ([label_logits] if label is None else [])
     if optimizer not in ("adam", "lbfgs"):
         raise ValueError("optimizer must be 'adam' or 'lbfgs'")
-    if optimizer == "lbfgs":
-        opt = torch.optim.LBFGS(
-            opt_params,
-            lr=lr,
-            max_iter=iterations,
-            history_size=50,
-            tolerance_grad=1e-12,
-            tolerance_change=1e-15,
-            line_search_fn="strong_wolfe",
-        )
-    else:
-        opt = torch.optim.Adam(opt_params, lr=lr)
-        sched = torch.optim.lr_scheduler.MultiStepLR(
-            opt, milestones=[int(iterations * f) for f in (0.375, 0.625, 0.875)], gamma=0.1
-        )
-    box: dict[str, torch.Tensor] = {}
+    gen = torch.Generator().manual_seed(seed)
+    model = model.train(train_mode)
+    params, targets = _matched_parameters(model, target_grads)
+    lo, hi = bounds if bounds is not None else (0.0, 1.0)
+    x = (lo + (hi - lo) * torch.rand((1, *input_shape), generator=gen)).requires_grad_(True)
+    logits = torch.zeros(targets[-1].shape[0]).normal_(generator=gen).requires_grad_(label is None)
+    objective = _Objective(model, params, targets, x, label, logits, distance=distance, tv=tv)
     hook = None
     if features is not None and feature_layer is not None:
-        hook = feature_layer.register_forward_hook(lambda m, i, o: box.__setitem__("h", i[0]))
-        feats = features.detach().to(x.dtype).reshape(1, -1)
-    state = {"g": torch.tensor(0.0), "f": torch.tensor(0.0)}
-
-    def objective() -> torch.Tensor:
-        opt.zero_grad()
-        logits = model(x)
-        y = label.to(logits.dtype)[None] if label is not None else label_logits.softmax(0)[None]
-        grads = torch.autograd.grad(F.cross_entropy(logits, y), params, create_graph=True)
-        if distance == "cosine":
-            dot = sum((g * t).sum() for g, t in zip(grads, targets, strict=True))
-            gn = torch.sqrt(sum((g * g).sum() for g in grads))
-            tn = torch.sqrt(sum((t * t).sum() for t in targets))
-            g_loss = 1 - dot / (gn * tn + 1e-30)
-        else:
-            g_loss = sum(((g - t) ** 2).sum() for g, t in zip(grads, targets, strict=True))
-        total = g_loss + tv * _total_variation(x)
-        if hook is not None:
-            state["f"] = ((box["h"] - feats) ** 2).sum() / (feats**2).sum()
-            total = total + feature_weight * state["f"]
-        state["g"] = g_loss
-        total.backward()
-        return total
-
+        hook = objective.match_features(feature_layer, features, feature_weight)
     try:
-        if optimizer == "lbfgs":
-            opt.step(objective)
-        else:
-            for _ in range(iterations):
-                opt.step(objective)
-                sched.step()
-                if bounds is not None:
-                    with torch.no_grad():
-                        x.clamp_(lo, hi)
+        _minimise(objective, optimizer, iterations, lr, bounds)
     finally:
         if hook is not None:
             hook.remove()
@@ -240,9 +195,116 @@ def gradient_matching(
     if bounds is not None:
         with torch.no_grad():
             x.clamp_(lo, hi)
-    g_loss, f_loss = state["g"].detach(), state["f"].detach()
-    used = label if label is not None else label_logits.detach().softmax(0)
+    used = label if label is not None else logits.detach().softmax(0)
+    g_loss, f_loss = objective.grad_loss.detach(), objective.feature_loss.detach()
     return MatchResult(x.detach()[0], float(g_loss), float(f_loss), used.detach(), iterations)
+
+
+def _matched_parameters(
+    model: nn.Module, target_grads: Mapping[str, torch.Tensor]
+) -> tuple[list[nn.Parameter], list[torch.Tensor]]:
+    """The model's parameters named in `target_grads` (model order) and their target gradients."""
+    named = dict(model.named_parameters())
+    names = [n for n in named if n in target_grads]
+    if not names:
+        raise ValueError("target_grads names no parameter of the model")
+    params = [named[n] for n in names]
+    return params, [target_grads[n].detach().to(params[0].dtype) for n in names]
+
+
+class _Objective:
+    """What gradient matching minimises: the distance of the input's loss gradient to the
+    targets, total variation, and optionally a feature term; keeps the last of each term."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        params: list[nn.Parameter],
+        targets: list[torch.Tensor],
+        x: torch.Tensor,
+        label: torch.Tensor | None,
+        label_logits: torch.Tensor,
+        *,
+        distance: str,
+        tv: float,
+    ) -> None:
+        self.model, self.params, self.targets, self.x = model, params, targets, x
+        self.label, self.label_logits, self.distance, self.tv = label, label_logits, distance, tv
+        self.free = [x] + ([label_logits] if label is None else [])  # what the optimiser moves
+        self.grad_loss, self.feature_loss = torch.tensor(0.0), torch.tensor(0.0)
+        self.features: tuple[torch.Tensor, float] | None = None
+        self.seen: torch.Tensor | None = None  # the feature layer's last input
+
+    def match_features(
+        self, layer: nn.Module, features: torch.Tensor, weight: float
+    ) -> torch.utils.hooks.RemovableHandle:
+        """Add `weight * |h(x) - features|^2 / |features|^2`, h the input of `layer`; returns the
+        forward hook to remove."""
+        self.features = (features.detach().to(self.x.dtype).reshape(1, -1), weight)
+        return layer.register_forward_hook(lambda m, i, o: setattr(self, "seen", i[0]))
+
+    def __call__(self) -> torch.Tensor:
+        for t in self.free:
+            t.grad = None
+        logits = self.model(self.x)
+        if self.label is not None:
+            y = self.label.to(logits.dtype)[None]
+        else:
+            y = self.label_logits.softmax(0)[None]
+        grads = torch.autograd.grad(F.cross_entropy(logits, y), self.params, create_graph=True)
+        self.grad_loss = _gradient_distance(grads, self.targets, self.distance)
+        total = self.grad_loss + self.tv * _total_variation(self.x)
+        if self.features is not None:
+            feats, weight = self.features
+            self.feature_loss = ((self.seen - feats) ** 2).sum() / (feats**2).sum()
+            total = total + weight * self.feature_loss
+        total.backward()
+        return total
+
+
+def _gradient_distance(
+    grads: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], distance: str
+) -> torch.Tensor:
+    """1 - cosine over all gradients together ("cosine"), or the squared distance ("l2")."""
+    if distance == "cosine":
+        dot = sum((g * t).sum() for g, t in zip(grads, targets, strict=True))
+        gn = torch.sqrt(sum((g * g).sum() for g in grads))
+        tn = torch.sqrt(sum((t * t).sum() for t in targets))
+        return 1 - dot / (gn * tn + 1e-30)
+    return sum(((g - t) ** 2).sum() for g, t in zip(grads, targets, strict=True))
+
+
+def _minimise(
+    objective: _Objective,
+    optimizer: str,
+    iterations: int,
+    lr: float,
+    bounds: tuple[float, float] | None,
+) -> None:
+    """Adam with the step size cut tenfold at 3/8, 5/8 and 7/8 of the run, `x` clamped to
+    `bounds` after each step; or one L-BFGS call of `iterations` evaluations."""
+    if optimizer == "lbfgs":
+        lbfgs = torch.optim.LBFGS(
+            objective.free,
+            lr=lr,
+            max_iter=iterations,
+            history_size=50,
+            tolerance_grad=1e-12,
+            tolerance_change=1e-15,
+            line_search_fn="strong_wolfe",
+        )
+        lbfgs.step(objective)
+        return
+    adam = torch.optim.Adam(objective.free, lr=lr)
+    sched = torch.optim.lr_scheduler.MultiStepLR(
+        adam, milestones=[int(iterations * f) for f in (0.375, 0.625, 0.875)], gamma=0.1
+    )
+    for _ in range(iterations):
+        adam.step(objective)
+        sched.step()
+        if bounds is not None:
+            with torch.no_grad():
+                objective.x.clamp_(*bounds)
 
 
 def dlg(

@@ -23,34 +23,35 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from attacks.labelset import LabelSet
 from attacks.rlg_cone import separable_fast, separable_lp
-from attacks.rlg_rank import row_space
+from attacks.rlg_rank import RowSpace, row_space
 from fedcore import Finding, not_applicable
-
-try:  # optional: keeps small problems single-threaded (BLAS threads thrash on a loaded CPU)
-    from threadpoolctl import threadpool_limits
-except ImportError:  # pragma: no cover
-    threadpool_limits = None
+from fedcore.tensors import to_numpy
 
 __all__ = ["add_known_labels", "counts_from_bias", "counts_from_bias_ratios", "reveal_labels"]
 
+MAX_GAP_TRIES = 3
+NOISE_TOL_MAX = 1e-2  # a larger residual is not rounding noise (a defense, noise added on purpose)
 
-def _as_array(x: Any, name: str) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu()
-        if x.dtype.is_floating_point and x.element_size() < 4:
-            x = x.float()
-        x = x.numpy()
-    a = np.asarray(x)
-    if a.dtype not in (np.float32, np.float64):
-        a = a.astype(np.float32 if a.dtype == np.float16 else np.float64)
-    return a
+
+@dataclass(frozen=True)
+class _Search:
+    """How the label set is searched for (the options of `reveal_labels`)."""
+
+    method: str
+    rank_ratio: float
+    rank_floor: float
+    feas_tol: float
+    noise_cut: float
+    seed: int
+    max_labels: int | None
 
 
 def reveal_labels(
@@ -91,9 +92,8 @@ def reveal_labels(
             longest target); an estimated S above it means the update is not the low-rank
             product a batch makes (Sign-SGD, added noise), so the cone test, which costs minutes
             at S ~ d, is skipped and the finding is `not_applicable`. None: no bound.
-        threads: BLAS threads during the call (default 1; None keeps the library's setting).
-            On a busy 2-core CPU two BLAS threads were 2.5-6x slower than one (16000 x 2048);
-            needs the optional `threadpoolctl`, without it the library's setting is used.
+        threads: BLAS threads during the call (default 1: more only thrash on a loaded CPU;
+            None keeps the library's setting).
 
     Returns:
         `LabelSet` (labels sorted, num_labels = S used, counts or None) with diagnostics, or a
@@ -101,7 +101,7 @@ def reveal_labels(
         update lacks the softmax cross-entropy structure).
     """
     start = time.perf_counter()
-    w = _as_array(weight_update, "weight_update")
+    w = to_numpy(weight_update, floating=True)
     if w.ndim != 2 or w.shape[0] < 2 or w.shape[1] < 1:
         raise ValueError(
             f"weight_update must be (C, d) with C >= 2 like nn.Linear.weight, got {w.shape}"
@@ -114,7 +114,7 @@ def reveal_labels(
         raise ValueError(f"num_labels must be a positive int (N * K) or None, got {num_labels}")
     bias = None
     if bias_update is not None:
-        bias = _as_array(bias_update, "bias_update").astype(np.float64).ravel()
+        bias = to_numpy(bias_update, np.float64).ravel()
         if bias.shape[0] != w.shape[0]:
             raise ValueError(
                 f"bias_update has {bias.shape[0]} entries, weight_update {w.shape[0]} rows"
@@ -125,43 +125,24 @@ def reveal_labels(
         return not_applicable(
             "weight update is all zero (no training signal, or a defense removed it)"
         )
-    w = np.ascontiguousarray(w)
+    search = _Search(method, rank_ratio, rank_floor, feas_tol, noise_cut, seed, max_labels)
     limit = nullcontext()
-    if threads is not None and threadpool_limits is not None:
+    if threads is not None:
         limit = threadpool_limits(limits=int(threads), user_api="blas")
     with limit:
-        return _reveal(
-            w,
-            num_labels,
-            bias,
-            method,
-            rank_ratio,
-            rank_floor,
-            feas_tol,
-            noise_cut,
-            seed,
-            start,
-            max_labels,
-        )
+        return _reveal(np.ascontiguousarray(w), num_labels, bias, search, start)
 
 
 def _reveal(
-    w: np.ndarray,
-    num_labels: int | None,
-    bias: np.ndarray | None,
-    method: str,
-    rank_ratio: float,
-    rank_floor: float,
-    feas_tol: float,
-    noise_cut: float,
-    seed: int,
-    start: float,
-    max_labels: int | None = None,
+    w: np.ndarray, num_labels: int | None, bias: np.ndarray | None, search: _Search, start: float
 ) -> Finding:
+    """The label set of a finite, non-zero `(C, d)` update; retries at the next spectral gap
+    when the first one gives no label set (S unknown)."""
     row_sum = float(np.linalg.norm(w.sum(axis=0, dtype=np.float64)) / np.linalg.norm(w))
     after, first = 0, None
     for attempt in range(MAX_GAP_TRIES):
-        space = row_space(w, num_labels, ratio=rank_ratio, floor=rank_floor, seed=seed, after=after)
+        space = row_space(w, num_labels, ratio=search.rank_ratio, floor=search.rank_floor,
+                          seed=search.seed, after=after)  # fmt: skip
         diag: dict[str, Any] = {
             "rank": space.rank,
             "rank_method": space.method,
@@ -171,38 +152,14 @@ def _reveal(
             "seconds_row_space": time.perf_counter() - start,
             "gap_tries": attempt + 1,
         }
-        reason = None
-        if space.rank == 0:
-            reason = "weight update has numerical rank 0"
-        elif space.rank >= space.structural_rank:
-            reason = (
-                f"rank {space.rank} reaches min(C - 1, d') = {space.structural_rank}: S >= "
-                "min(C - 1, d) or noise without a spectral gap; the label set is not identifiable"
-            )
-        elif max_labels is not None and space.rank > max_labels:
-            reason = (
-                f"estimated S = {space.rank} exceeds max_labels = {max_labels}: the update is not "
-                "the low-rank product a client's batch makes (a defense such as Sign-SGD, or "
-                "noise); raise max_labels or set it to None to run the cone test anyway"
-            )
-            diag["seconds"] = time.perf_counter() - start
-            first = first or (reason, diag)
-            break
-        else:
-            labels, reason = _separable(space, method, feas_tol, noise_cut, diag)
-            diag["seconds"] = time.perf_counter() - start
-            if reason is None and not 0 < labels.size <= space.rank:
-                reason = (
-                    f"{labels.size} separable classes for rank {space.rank} (expected 1..rank): "
-                    "the update lacks the softmax cross-entropy structure (defense, label "
-                    "smoothing, or noise)"
-                )
+        labels, reason = _labels_of(space, search, diag, start)
         if reason is None:
             break
         first = first or (reason, diag)
         # A gap among the first singular values (one dominant direction, e.g. features that
         # share a large mean) can hide the true rank further down: try the next gap.
-        if num_labels is not None or not 0 < space.rank < space.structural_rank - 1:
+        too_many = search.max_labels is not None and space.rank > search.max_labels
+        if too_many or num_labels is not None or not 0 < space.rank < space.structural_rank - 1:
             break
         after = space.rank
     if reason is not None:
@@ -220,8 +177,34 @@ def _reveal(
     )
 
 
-MAX_GAP_TRIES = 3
-NOISE_TOL_MAX = 1e-2  # a larger residual is not rounding noise (a defense, noise added on purpose)
+def _labels_of(
+    space: RowSpace, search: _Search, diag: dict[str, Any], start: float
+) -> tuple[np.ndarray, str | None]:
+    """The separable classes of one row space, or (empty, why there is no label set)."""
+    none = np.zeros(0, dtype=int)
+    if space.rank == 0:
+        return none, "weight update has numerical rank 0"
+    if space.rank >= space.structural_rank:
+        return none, (
+            f"rank {space.rank} reaches min(C - 1, d') = {space.structural_rank}: S >= "
+            "min(C - 1, d) or noise without a spectral gap; the label set is not identifiable"
+        )
+    if search.max_labels is not None and space.rank > search.max_labels:
+        diag["seconds"] = time.perf_counter() - start
+        return none, (
+            f"estimated S = {space.rank} exceeds max_labels = {search.max_labels}: the update is "
+            "not the low-rank product a client's batch makes (a defense such as Sign-SGD, or "
+            "noise); raise max_labels or set it to None to run the cone test anyway"
+        )
+    labels, reason = _separable(space, search.method, search.feas_tol, search.noise_cut, diag)
+    diag["seconds"] = time.perf_counter() - start
+    if reason is None and not 0 < labels.size <= space.rank:
+        reason = (
+            f"{labels.size} separable classes for rank {space.rank} (expected 1..rank): "
+            "the update lacks the softmax cross-entropy structure (defense, label "
+            "smoothing, or noise)"
+        )
+    return labels, reason
 
 
 def _separable(

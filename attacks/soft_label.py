@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from fedcore import Finding, Score, not_applicable
+from fedcore.tensors import to_numpy
 
 if TYPE_CHECKING:
     from fedcore import Truth
@@ -184,15 +185,6 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def _as_np(x: Any, name: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().double().numpy()
-    arr = np.asarray(x, dtype=np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} has non-finite entries; pass a finite gradient / weight")
-    return arr
 
 
 @dataclass(frozen=True)
@@ -420,10 +412,38 @@ def recover_soft_label(
         with the smallest residual is returned), or a `not_applicable` finding when the
         gradient is not a single sample's (rank > 1), is zero, or its rows do not sum to zero.
     """
+    g_w, w, b = _checked_inputs(weight_grad, weight, bias, bias_grad, kind)
+    spectrum = _rank_one(g_w, rank_tol)
+    if isinstance(spectrum, Finding):
+        return spectrum
+    u, v, sigma, diag = spectrum
+    if bias_grad is not None:
+        g = to_numpy(bias_grad, np.float64, finite=True, name="bias_grad").ravel()
+        return _closed_form(g_w, w, b, g, kind, diag, tol, atol, hard_tol)
+    prob = _Problem(w @ v, b, u, sigma)
+    kinds = _SEARCH_KINDS[kind]
+    roots = _search(prob, kinds, alpha_min, grid_points, max_seeds)
+    if not roots:
+        return not_applicable("the root search found no candidate lam in range", **diag)
+    for k in kinds:
+        res = [r.residual for r in roots if r.kind == k]
+        diag[f"residual_{k}"] = float(min(res)) if res else float("inf")
+    valid = [_with_flatness(prob, r, max_error, noise) for r in roots if _is_valid(r, tol, atol)]
+    best, found, picked = _pick(roots, valid, hard_tol, ambiguity_ratio, noise)
+    diag.update(picked, lam=best.lam)
+    diag.update(_params(best.label, found))
+    return SoftLabel(label=best.label, features=best.lam * v, kind=found, diagnostics=diag)
+
+
+def _checked_inputs(
+    weight_grad: Any, weight: Any, bias: Any, bias_grad: Any, kind: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The weight gradient `(C, d)`, weight `(C, d)` and bias `(C,)` (zero when None) as finite
+    float64 arrays; ValueError on bad shapes or options."""
     if kind not in ("auto", *KINDS):
         raise ValueError(f"kind must be 'auto', 'hard', 'smoothing' or 'mixup', got {kind!r}")
-    g_w = _as_np(weight_grad, "weight_grad")
-    w = _as_np(weight, "weight")
+    g_w = to_numpy(weight_grad, np.float64, finite=True, name="weight_grad")
+    w = to_numpy(weight, np.float64, finite=True, name="weight")
     if g_w.ndim != 2 or w.shape != g_w.shape:
         raise ValueError(
             f"weight_grad {g_w.shape} and weight {w.shape} must both be (C, d) "
@@ -432,12 +452,20 @@ def recover_soft_label(
     c, _ = g_w.shape
     if c < 2:
         raise ValueError("need at least two classes (C >= 2)")
-    b = np.zeros(c) if bias is None else _as_np(bias, "bias").ravel()
+    b = np.zeros(c) if bias is None else to_numpy(bias, np.float64, finite=True, name="bias")
+    b = b.ravel()
     if b.shape != (c,):
         raise ValueError(f"bias must have shape ({c},), got {b.shape}")
     if bias_grad is not None and bias is None:
         raise ValueError("bias_grad given without bias: pass the layer's bias too")
+    return g_w, w, b
 
+
+def _rank_one(
+    g_w: np.ndarray, rank_tol: float
+) -> tuple[np.ndarray, np.ndarray, float, dict[str, Any]] | Finding:
+    """`G = sigma u v^T`: (u, v, sigma, diagnostics), or a `not_applicable` finding when G is
+    zero, not rank one, or its rows do not sum to zero (not a softmax cross-entropy gradient)."""
     _, ss, vt = np.linalg.svd(g_w, full_matrices=False)
     sigma = float(ss[0])
     if sigma == 0.0:
@@ -459,54 +487,43 @@ def recover_soft_label(
         u, v = -u, -v
     col_sum = float(abs(u.sum()))
     diag["column_sum"] = col_sum
-    if col_sum > max(10 * rank_tol, 1e-6) * np.sqrt(c):
+    if col_sum > max(10 * rank_tol, 1e-6) * np.sqrt(g_w.shape[0]):
         return not_applicable(
             f"the gradient's rows do not sum to zero (|sum u| = {col_sum:.3g}): not a softmax "
             "cross-entropy gradient, or the weight is not laid out (C, d)",
             **diag,
         )
+    return u, v, sigma, diag
 
-    if bias_grad is not None:
-        return _closed_form(
-            g_w, w, b, _as_np(bias_grad, "bias_grad").ravel(), kind, diag, tol, atol, hard_tol
-        )
 
-    prob = _Problem(w @ v, b, u, sigma)
-    kinds = _SEARCH_KINDS[kind]
-    roots = _search(prob, kinds, alpha_min, grid_points, max_seeds)
-    if not roots:
-        return not_applicable("the root search found no candidate lam in range", **diag)
-    for k in kinds:
-        res = [r.residual for r in roots if r.kind == k]
-        diag[f"residual_{k}"] = float(min(res)) if res else float("inf")
-    valid = [_with_flatness(prob, r, max_error, noise) for r in roots if _is_valid(r, tol, atol)]
+def _pick(
+    roots: list[_Root], valid: list[_Root], hard_tol: float, ambiguity_ratio: float, noise: float
+) -> tuple[_Root, str, dict[str, Any]]:
+    """The root to report, its kind, and diagnostics: the best distinct valid root (flat ones
+    last), ambiguous when a rival fits nearly as well; without a valid root, the smallest
+    residual."""
     distinct: list[_Root] = []
     for r in sorted(valid, key=lambda r: (r.flat, r.entry_residual, r.residual)):
         if all(np.abs(r.label - d.label).sum() > 1e-3 for d in distinct):
             distinct.append(r)
-    diag.update(method="root_search", num_valid_roots=len(distinct), valid=bool(distinct))
-    if distinct:
-        best = distinct[0]
-        found = _classify(best.label, best.kind, hard_tol)
-        rivals = [
-            r
-            for r in distinct[1:]
-            if not r.flat
-            and r.entry_residual <= max(ambiguity_ratio * best.entry_residual, 10 * noise)
-        ]
-        diag["identifiable"] = not best.flat
-        diag["label_error_estimate"] = float(best.error_estimate)
-        diag["entry_residual"] = best.entry_residual
-        diag["ambiguous"] = bool(rivals) or bool(best.flat)
-        if rivals:
-            diag["rival_lams"] = tuple(float(r.lam) for r in rivals)
-    else:
+    diag: dict[str, Any] = {
+        "method": "root_search",
+        "num_valid_roots": len(distinct),
+        "valid": bool(distinct),
+    }
+    if not distinct:
         best = min(roots, key=lambda r: r.residual)
-        found = best.kind
-        diag["ambiguous"] = False
-    diag["lam"] = best.lam
-    diag.update(_params(best.label, found))
-    return SoftLabel(label=best.label, features=best.lam * v, kind=found, diagnostics=diag)
+        return best, best.kind, {**diag, "ambiguous": False}
+    best = distinct[0]
+    limit = max(ambiguity_ratio * best.entry_residual, 10 * noise)
+    rivals = [r for r in distinct[1:] if not r.flat and r.entry_residual <= limit]
+    diag["identifiable"] = not best.flat
+    diag["label_error_estimate"] = float(best.error_estimate)
+    diag["entry_residual"] = best.entry_residual
+    diag["ambiguous"] = bool(rivals) or bool(best.flat)
+    if rivals:
+        diag["rival_lams"] = tuple(float(r.lam) for r in rivals)
+    return best, _classify(best.label, best.kind, hard_tol), diag
 
 
 def _closed_form(

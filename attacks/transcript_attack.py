@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from attacks.transcript import TranscriptOptions, decoder_gradients, reconstruct_transcript
 from fedcore import Finding, SpeechSpec, not_applicable, single_sample_reason
 
 if TYPE_CHECKING:
@@ -35,7 +36,8 @@ class TranscriptAttack:
         tokenizer_path: optional sentencepiece model file, to decode and score the text; when
             empty, `SpeechSpec.tokenizer_path` (set by the speech task) is used when
             that file exists on the server; otherwise the scores are over word pieces.
-        options: further keyword options of `reconstruct_transcript` (restarts, steps, lr, ...).
+        options: further fields of `attacks.transcript.TranscriptOptions` (restarts, steps,
+            lr, ...).
     """
 
     name = "transcript"
@@ -49,8 +51,9 @@ class TranscriptAttack:
         tokenizer_path: str = "",
         **options: Any,
     ) -> None:
-        self.use_bow, self.init, self.fallback = bool(use_bow), str(init), bool(fallback)
-        self.tokenizer_path, self.options = str(tokenizer_path or ""), dict(options)
+        self.use_bow = bool(use_bow)
+        self.options = TranscriptOptions(init=str(init), fallback=bool(fallback), **options)
+        self.tokenizer_path = str(tokenizer_path or "")
         self._tokenizers: dict[str, Any] = {}
 
     def check(self, model: ModelSpec, train_config: Mapping[str, Any]) -> str | None:
@@ -58,6 +61,8 @@ class TranscriptAttack:
             return (
                 f"transcript reconstruction needs a speech model (task 'asr'), got {model.task!r}"
             )
+        if model.decoder is None:
+            return f"the speech model {model.name!r} names no decoder parameters (decoder=None)"
         return single_sample_reason("transcript reconstruction", train_config)
 
     def _tokenizer(self, view: ServerView) -> Any:
@@ -82,8 +87,6 @@ class TranscriptAttack:
         return self._tokenizers[path]
 
     def __call__(self, view: ServerView, findings: Mapping[str, Finding]) -> Finding:
-        from attacks.transcript import decoder_gradients, reconstruct_transcript
-
         reason = self.check(view.model, view.train_config)
         if reason:
             return not_applicable(reason)
@@ -95,17 +98,18 @@ class TranscriptAttack:
         labels, length = getattr(rlg, "labels", ()), getattr(rlg, "num_labels", None)
         if not labels or not length:
             return not_applicable("RLG's finding has no labels or no estimated length num_labels")
-        grads = decoder_gradients(view.update, view.lr)
+        spec = view.model
+        assert isinstance(spec, SpeechSpec) and spec.decoder is not None  # check() refused others
+        decoder = spec.decoder
         return reconstruct_transcript(
             view.global_module(),
-            grads,
+            decoder_gradients(view.update, view.lr, decoder),
             labels if self.use_bow else None,
             int(length),
-            init=self.init,
-            fallback=self.fallback,
+            decoder,
+            self.options,
             label_smoothing=float(view.train_config.get("label_smoothing", 0.0) or 0.0),
             tokenizer=self._tokenizer(view),
-            **self.options,
         )
 
 

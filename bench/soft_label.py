@@ -35,7 +35,7 @@ from torch import nn
 
 from attacks.soft_label import recover_soft_label
 from fedsim.data.fashion_mnist import load_fashion_mnist
-from fedsim.models.image import LAST_LAYER, build_image_model
+from fedsim.models.image import LeNet, resnet18
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -73,8 +73,15 @@ def uniform_init(model: nn.Module) -> nn.Module:
     return model
 
 
+MODELS = {"lenet": LeNet, "resnet18": resnet18}  # the two models of the paper's table
+
+
+def build_image_model(name: str, **options) -> nn.Module:
+    return MODELS[name](num_classes=10, **options)
+
+
 def last_layer(model: nn.Module, name: str) -> nn.Linear:
-    return model.get_submodule(LAST_LAYER[name])
+    return model.get_submodule(model.last_layer)
 
 
 def train_briefly(name: str, steps: int, batch: int = 64, lr: float = 0.05) -> nn.Module:

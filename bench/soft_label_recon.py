@@ -30,7 +30,7 @@ from attacks.image_metrics import psnr, ssim
 from attacks.reconstruction import dlg, gradient_matching, invert_fcn, sample_gradients
 from attacks.soft_label import recover_soft_label
 from fedsim.data.fashion_mnist import load_fashion_mnist
-from fedsim.models.image import build_image_model
+from fedsim.models.image import LeNet
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -141,7 +141,7 @@ def lenet_benchmark(quick: bool, images: int | None = None, iterations: int | No
         res = {k: {"psnr": [], "ssim": [], "seconds": []} for k in ("ours", "ours_no_feat", "dlg")}
         for i, x in enumerate(xs):
             torch.manual_seed(i)
-            model = build_image_model("lenet", activation=activation)
+            model = LeNet(activation=activation)
             params = dict(model.named_parameters())
             y = smoothing_label(rng)
             grads = sample_gradients(model, x, y)

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from asr_bow import eval_set, load_states
 
 from attacks.rlg import add_known_labels, reveal_labels
-from attacks.transcript import decoder_gradients, reconstruct_transcript
+from attacks.transcript import TranscriptOptions, decoder_gradients, reconstruct_transcript
 from fedcore import Truth
 from fedsim.tasks.asr import AsrTask
 
@@ -76,7 +76,8 @@ def attack_one(task: AsrTask, state: dict, index: int, configs: list[str], args)
     row = {"index": index, "text": ref, "tokens": len(tokens[0][0]),
            "rlg_exact": float(rlg.ok and tuple(rlg.labels) == truth.label_set),
            "rlg_length_error": abs(found_s - len(tokens[0][0]))}  # fmt: skip
-    grads = decoder_gradients(update, args.client_lr)
+    decoder = task.model_spec().decoder
+    grads = decoder_gradients(update, args.client_lr, decoder)
     attacked = task.build_model()
     attacked.load_state_dict(state)
     for name in configs:
@@ -85,11 +86,14 @@ def attack_one(task: AsrTask, state: dict, index: int, configs: list[str], args)
             row[name] = {"exact": 0.0, "wer": 1.0, "hyp": "", "seconds": 0.0, "rlg_failed": 1}
             continue
         start = time.perf_counter()
-        found = reconstruct_transcript(
-            attacked, grads, rlg.labels if use_bow else None, rlg.num_labels, init=init,
-            restarts=restarts, fallback=fallback, steps=args.steps, halve_every=args.halve_every,
-            patience=args.patience, tokenizer=task.tokenizer, device=args.device,
+        options = TranscriptOptions(
+            init=init, restarts=restarts, fallback=fallback, steps=args.steps,
+            halve_every=args.halve_every, patience=args.patience, device=args.device,
         )  # fmt: skip
+        bow = rlg.labels if use_bow else None
+        found = reconstruct_transcript(
+            attacked, grads, bow, rlg.num_labels, decoder, options, tokenizer=task.tokenizer
+        )
         scores = found.score(truth)
         # The bag of words of the reconstruction (Table 2's gradient-matching baseline).
         scores["bow_exact"] = float(set(found.pieces) | {task.tokenizer.eos_id}

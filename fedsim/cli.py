@@ -14,7 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from fedsim.config import CONF_DIR, ConfigError, check_overrides, validate_config
+from fedsim.config import CONF_DIR, ConfigError, compose_config, preflight_overrides, validate
 from fedsim.data.fashion_mnist import MissingDataError
 from fedsim.simulation import quiet_environment
 
@@ -27,7 +27,7 @@ def _run(cfg: DictConfig) -> None:
     from fedsim.summary import print_summary
 
     try:
-        plain = validate_config(cfg)
+        plain = validate(cfg, HydraConfig.get())
         run_dir = plain.get("resume") or plain.get("output") or HydraConfig.get().runtime.output_dir
         log.info("run directory: %s", run_dir)
         run_dir = run_experiment(plain, run_dir)
@@ -37,11 +37,26 @@ def _run(cfg: DictConfig) -> None:
     print_summary(run_dir)
 
 
+def _preflight(argv: list[str]) -> None:
+    """Compose the command line's config (each value of a sweep once) before Hydra starts, so a
+    mistake fails at once with one line. Hydra's own flags are read by Hydra's parser; runs with
+    another primary config (`--config-name`, `--config-dir`) or asking for help go to Hydra."""
+    from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.help or args.hydra_help or args.info or args.shell_completion:
+        return
+    if args.config_name or args.config_path or args.config_dir:
+        return
+    for overrides in preflight_overrides(args.overrides, args.multirun):
+        compose_config(overrides)
+
+
 def main() -> None:
-    """Console entry point: check the overrides, then hand over to Hydra."""
+    """Console entry point: check the command line's config, then hand over to Hydra."""
     quiet_environment()
     try:
-        check_overrides([a for a in sys.argv[1:] if not a.startswith("-")])
+        _preflight(sys.argv[1:])
     except ConfigError as exc:
         print(f"fedsim: config error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 
 from defenses.identity import Identity
 from fedcore import Defense
+from fedcore.devices import resolve_device as fedcore_resolve_device
 from fedsim.config import ConfigError
 from fedsim.tasks.base import Task
 
@@ -79,11 +80,9 @@ def build_defense(cfg: dict) -> Defense:
 
 
 def resolve_device(name: str) -> torch.device:
-    """ "auto" picks CUDA when present, else CPU; "cpu", "cuda", "cuda:1" are taken as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device={name} was asked for, but torch sees no CUDA GPU; use device=auto or cpu"
-        )
-    return torch.device(name)
+    """`fedcore.devices.resolve_device` ("auto": CUDA when present, else CPU; "cpu", "cuda",
+    "cuda:1" as given), with its complaint turned into a `ConfigError`."""
+    try:
+        return fedcore_resolve_device(name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc

@@ -19,7 +19,7 @@ if str(ROOT) not in sys.path:
 FAST = [
     "backend=inline",
     "model=mlp",
-    "model.options.hidden=[32]",
+    "model.hidden=[32]",
     "task.eval_samples=200",
     "fl.clients=2",
     "fl.rounds=1",

@@ -147,3 +147,16 @@ def test_truth_counts_tokens_and_labels_alike():
     speech = Truth(labels=np.zeros((0,)), tokens=(((5, 3), (5, 5, 3)),))
     assert images.label_set == (1, 3) and images.label_counts == {1: 1, 3: 3}
     assert speech.label_set == (3, 5) and speech.label_counts == {3: 2, 5: 3}
+
+
+def test_to_numpy_widens_half_precision_and_checks_finiteness():
+    from fedcore.tensors import to_numpy
+
+    assert to_numpy(torch.ones(2, dtype=torch.bfloat16)).dtype == np.float32
+    assert to_numpy(torch.ones(2), np.float64).dtype == np.float64
+    for given, wanted in [(np.ones(2, np.float16), np.float32), (np.ones(2, int), np.float64),
+                          (np.ones(2, np.float32), np.float32), ([True], np.float64)]:  # fmt: skip
+        assert to_numpy(given, floating=True).dtype == wanted
+    assert to_numpy([1.0, np.nan]).shape == (2,)
+    with pytest.raises(ValueError, match="bias has non-finite entries"):
+        to_numpy(torch.tensor([1.0, float("inf")]), finite=True, name="bias")

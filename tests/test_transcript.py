@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -13,8 +15,11 @@ from attacks.rlg import reveal_labels
 from attacks.transcript import (
     MATCHED,
     Transcript,
+    TranscriptOptions,
+    _lstm_cell,
     _Problem,
     decoder_gradients,
+    parameter_names,
     reconstruct_transcript,
     span_decode,
 )
@@ -75,8 +80,8 @@ def test_simulated_decoder_gradient_is_exact_at_the_truth():
     grads = gradients(model, target)  # runs the hooked forward/backward
     for h in hooks:
         h.remove()
-    prob = _Problem(model, grads, sorted(set(target)), 6, 0.0, torch.device("cpu"),
-                    torch.float64, MATCHED)  # fmt: skip
+    prob = _Problem(model, grads, LAS_DECODER, sorted(set(target)), 6, match=MATCHED,
+                    device=torch.device("cpu"), dtype=torch.float64)  # fmt: skip
     ctx = torch.stack(contexts, 1).double().requires_grad_(True)
     delta = torch.stack([o.grad for o in signals], 1).double()
     hot = torch.searchsorted(prob.bow, torch.tensor(target))
@@ -85,6 +90,14 @@ def test_simulated_decoder_gradient_is_exact_at_the_truth():
     assert float(prob.distance(ctx, probs, delta, s0, c0).detach()) < 1e-8
     # without the attention path the LSTM cell's gradient does not match
     assert float(prob.distance(ctx, probs, 0 * delta, s0, c0).detach()) > 1.0
+
+
+def test_lstm_cell_step_is_torchs():
+    torch.manual_seed(0)
+    cell, x, h, c = torch.nn.LSTMCell(5, 7), torch.randn(3, 5), torch.randn(3, 7), torch.randn(3, 7)
+    gates = x @ cell.weight_ih.T + h @ cell.weight_hh.T + cell.bias_ih + cell.bias_hh
+    for ours, torchs in zip(_lstm_cell(gates, c), cell(x, (h, c)), strict=True):
+        torch.testing.assert_close(ours, torchs)
 
 
 @settings(max_examples=12, deadline=None, derandomize=True)
@@ -97,7 +110,7 @@ def test_span_decode_is_exact(pieces, seed, use_bow):
     target = [*pieces, EOS]
     grads = gradients(MODEL, target, seed)
     bow = sorted(set(target)) if use_bow else None
-    tokens, ctx, resid = span_decode(MODEL, grads, bow, len(target), device="cpu")
+    tokens, ctx, resid = span_decode(MODEL, grads, bow, len(target), LAS_DECODER, device="cpu")
     assert tokens == target
     assert ctx.shape == (len(target), 32) and max(resid) < 1e-4
 
@@ -105,7 +118,8 @@ def test_span_decode_is_exact(pieces, seed, use_bow):
 def test_span_init_converges_at_once():
     target = [7, 7, 19, 25, 11, 30, 7, EOS]
     res = reconstruct_transcript(MODEL, gradients(MODEL, target), sorted(set(target)),
-                                 len(target), init="span", device="cpu")  # fmt: skip
+                                 len(target), LAS_DECODER,
+                                 TranscriptOptions(init="span", device="cpu"))  # fmt: skip
     assert list(res.tokens) == target and res.distance < 1e-6
     assert res.steps == 0 and res.diagnostics["stop"] == "converged"
     assert res.diagnostics["init"] == "span" and res.diagnostics["init_state"] == "zero"
@@ -113,9 +127,10 @@ def test_span_init_converges_at_once():
 
 def test_paper_method_random_restarts_exact_on_a_short_transcript():
     target = [12, 33, 5, EOS]
+    options = TranscriptOptions(restarts=5, steps=1000, patience=300, init="random",
+                                device="cpu")  # fmt: skip
     res = reconstruct_transcript(MODEL, gradients(MODEL, target, 3), sorted(set(target)),
-                                 len(target), restarts=5, steps=1000, patience=300,
-                                 init="random", device="cpu")  # fmt: skip
+                                 len(target), LAS_DECODER, options)  # fmt: skip
     assert list(res.tokens) == target, res.diagnostics
     assert res.distance < 1e-3 and res.restarts == 5
     # contexts (S x C) + labels over the BoW (S - 1 rows: eos is fixed last)
@@ -125,8 +140,8 @@ def test_paper_method_random_restarts_exact_on_a_short_transcript():
 def test_no_bow_baseline_runs_with_the_same_budget():
     target = [12, 33, 5, EOS]
     grads = gradients(MODEL, target, 3)
-    res = reconstruct_transcript(MODEL, grads, None, 4, restarts=2, steps=30, init="random",
-                                 device="cpu")  # fmt: skip
+    options = TranscriptOptions(restarts=2, steps=30, init="random", device="cpu")
+    res = reconstruct_transcript(MODEL, grads, None, 4, LAS_DECODER, options)
     assert len(res.tokens) == 4 and all(0 <= t < V for t in res.tokens)
     assert res.num_variables == 4 * 32 + 3 * V and np.isfinite(res.distance)
     assert res.steps == 30
@@ -157,15 +172,43 @@ def test_transcript_scores():
 
 
 def test_bad_input_is_rejected():
-    grads = gradients(MODEL, [5, EOS])
+    grads, cpu = gradients(MODEL, [5, EOS]), TranscriptOptions(device="cpu")
     with pytest.raises(ValueError, match="length"):
-        reconstruct_transcript(MODEL, grads, [5, EOS], 0, device="cpu")
+        reconstruct_transcript(MODEL, grads, [5, EOS], 0, LAS_DECODER, cpu)
     with pytest.raises(ValueError, match="bow"):
-        reconstruct_transcript(MODEL, grads, [5, V + 3], 2, device="cpu")
+        reconstruct_transcript(MODEL, grads, [5, V + 3], 2, LAS_DECODER, cpu)
     with pytest.raises(ValueError, match="lacks"):
-        reconstruct_transcript(MODEL, {}, [5, EOS], 2, device="cpu")
+        reconstruct_transcript(MODEL, {}, [5, EOS], 2, LAS_DECODER, cpu)
     with pytest.raises(ValueError, match="lr"):
-        decoder_gradients({}, 0.0)
+        decoder_gradients({}, 0.0, LAS_DECODER)
+    for bad, word in [({"labels": "hinge"}, "labels"), ({"init": "zero"}, "init"),
+                      ({"init_state": "learnt"}, "init_state"), ({"restarts": 0}, "restarts"),
+                      ({"match": ("decoder.weight_ih",)}, "match")]:  # fmt: skip
+        with pytest.raises(ValueError, match=word):
+            TranscriptOptions(**bad)
+
+
+def test_parameter_names_come_from_the_decoder_spec():
+    names = parameter_names(LAS_DECODER)
+    assert set(names) == set(MATCHED)
+    assert names["cell.weight_ih"] == "decoder.weight_ih" and names["embed"] == "embed.weight"
+    assert names["attention_query.bias"] == "att_s.bias"
+    assert set(names.values()) <= dict(MODEL.named_parameters()).keys()
+    update = {n: torch.ones(1) for n in ("output.weight", "decoder.bias_hh", "conv.0.weight")}
+    assert set(decoder_gradients(update, 0.5, LAS_DECODER)) == {"output.weight", "decoder.bias_hh"}
+
+
+def test_penalty_labels_and_optimised_initial_state_run():
+    """The paper's row-sum penalty and a free initial state (every gradient matched)."""
+    target = [12, 33, 5, EOS]
+    options = TranscriptOptions(labels="penalty", init_state="optimise", match=MATCHED,
+                                restarts=2, steps=5, device="cpu", dtype=torch.float64)  # fmt: skip
+    res = reconstruct_transcript(MODEL, gradients(MODEL, target), sorted(set(target)), 4,
+                                 LAS_DECODER, options)  # fmt: skip
+    assert len(res.tokens) == 4 and np.isfinite(res.distance) and res.steps == 5
+    assert set(res.diagnostics["parts"]) == set(parameter_names(LAS_DECODER).values())
+    # contexts, labels (eos fixed), attention signals, initial state and cell
+    assert res.num_variables == 4 * 32 + 3 * 4 + 4 * 16 + 2 * 32
 
 
 # ------------------------------------------------------------------------------------ plugin
@@ -233,6 +276,8 @@ def test_plugin_not_applicable():
                       last_bias=None, build=lambda: None)  # fmt: skip
     assert "asr" in attack.check(image, {"batch_size": 1, "local_steps": 1})
     assert attack.check(view.model, view.train_config) is None
+    no_decoder = replace(view.model, decoder=None)
+    assert "decoder" in attack.check(no_decoder, view.train_config)
     batch2 = view_of([8, EOS], batch_size=2)
     assert attack(batch2, {"rlg": LabelSet(labels=(8, EOS), num_labels=2)}).status == (
         "not_applicable"

@@ -17,7 +17,7 @@ from fedsim.audit import decode_truth, encode_truth
 from fedsim.config import ConfigError, compose_config
 from fedsim.data.partition import partition_indices
 from fedsim.logs import RoundLog, load
-from fedsim.models.image import IMAGE_MODELS, LAST_LAYER, build_image_model
+from fedsim.models import model_builder
 from fedsim.training import soft_targets
 
 
@@ -127,13 +127,23 @@ def test_soft_targets_sum_to_one_and_mix():
     assert torch.allclose(t[0], torch.tensor([0.7 * 0.9 + 0.025, 0.025, 0.3 * 0.9 + 0.025, 0.025]))
 
 
-@pytest.mark.parametrize("name", sorted(IMAGE_MODELS))
+IMAGE_MODELS = ["efficientnet_b0", "lenet", "mlp", "resnet18"]
+
+
+@pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_image_models_end_in_the_named_linear_layer(name):
-    model = build_image_model(name)
+    """Each image model's YAML builds (by its `_target_`) a net whose `last_layer` is a Linear."""
+    node = compose_config([f"model={name}"])["model"]
+    assert node["task"] == "image"
+    built_name, build = model_builder(node, "image")
+    model = build(num_classes=10)
+    assert built_name == name
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
-    assert isinstance(model.get_submodule(LAST_LAYER[name]), torch.nn.Linear)
-    with pytest.raises(ValueError, match="unknown image model"):
-        build_image_model("vgg")
+    assert isinstance(model.get_submodule(model.last_layer), torch.nn.Linear)
+    with pytest.raises(ConfigError, match="unknown model 'vgg'"):
+        compose_config(["model=vgg"])
+    with pytest.raises(ValueError, match="is for task=image, not task=asr"):
+        model_builder(node, "asr")
 
 
 def test_round_log_flushes_atomically(tmp_path):
@@ -168,7 +178,7 @@ def test_missing_data_names_the_install_command(monkeypatch, tmp_path):
     monkeypatch.setenv("FEDSIM_FASHION_MNIST", str(tmp_path))
     with pytest.raises(MissingDataError, match="apt-get install dataset-fashion-mnist"):
         check_fashion_mnist()
-    node = {"_target_": "fedsim.tasks.image.ImageTask", "model": "mlp", "data_root": str(tmp_path)}
+    node = {"_target_": "fedsim.tasks.image.ImageTask", "data_root": str(tmp_path)}
     with pytest.raises(MissingDataError, match="FEDSIM_FASHION_MNIST"):
         build_task({"task": node})
 

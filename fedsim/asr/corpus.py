@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile
@@ -205,16 +206,14 @@ def _flite(text: str, voice: str, stretch: float, path: Path) -> np.ndarray:
     )
     wave, rate = soundfile.read(path, dtype="float32")
     path.unlink()
-    if rate != SAMPLE_RATE:
-        wave = torchaudio.functional.resample(torch.from_numpy(wave), rate, SAMPLE_RATE).numpy()
-    return wave
+    return _resample(wave, rate)
 
 
 # ----------------------------------------------------------------------------- build
 
 
-def _progress(items, total: int, description: str, show: bool):
-    if not show:
+def _progress(items, total: int, description: str | None):
+    if description is None:
         return items
     from rich.progress import track
 
@@ -255,65 +254,110 @@ def build_corpus(
         return root
     _check_sources(needs_kjv=opts["flite"] > 0)
     start = time.perf_counter()
-    rng = np.random.default_rng(seed)
+    verses = kjv_verses() if opts["flite"] > 0 else []
+    sources = _collect_sources(opts, verses, np.random.default_rng(seed))
+    description = f"ASR corpus ({size})" if progress else None
+    kept, feats, dropped = _featurise(sources, workers, max_seconds, description)
+    utterances, n_test = _split(kept, feats, test_fraction, seed)
+    info = {
+        "options": wanted,
+        "utterances": len(utterances),
+        "dropped_too_long": dropped,
+        "hours": sum(u.frames for u in utterances) * HOP / SAMPLE_RATE / 3600,
+        "words": sum(len(u.text.split()) for u in utterances),
+        "speakers": sorted({u.speaker for u in utterances}),
+        "test_utterances": n_test,
+        "build_seconds": time.perf_counter() - start,
+    }
+    _write(root, feats, utterances, verses, info)
+    return root
 
-    jobs: list[tuple[str, str, str, object]] = []  # (uid, speaker, source, how to get the wave)
+
+@dataclass(frozen=True)
+class _Source:
+    """One utterance to build: ids, normalised transcript, and what to decode or synthesise."""
+
+    uid: str
+    speaker: str
+    source: str  # "asterisk", "librivox" or "flite"
+    text: str
+    how: Any  # asterisk, librivox: the file's key; flite: (text as written, voice, stretch)
+
+
+def _collect_sources(opts: dict, verses: list[str], rng: np.random.Generator) -> list[_Source]:
+    """The asterisk prompts (a seeded sample when the size caps them), the LibriVox sentences,
+    and seeded KJV clauses, each with a seeded flite voice and speed."""
     prompts = sorted(_allison_prompts())
     if opts["asterisk"] is not None:
         prompts = [prompts[i] for i in sorted(rng.permutation(len(prompts))[: opts["asterisk"]])]
-    texts = {}
-    for key, text in prompts:
-        jobs.append((f"allison/{key}", "allison", "asterisk", key))
-        texts[f"allison/{key}"] = text
+    sources = [_Source(f"allison/{key}", "allison", "asterisk", text, key) for key, text in prompts]
     for key, text in _librivox():
-        jobs.append((f"librivox/{key}", "librivox", "librivox", key))
-        texts[f"librivox/{key}"] = text
-    verses = kjv_verses() if opts["flite"] > 0 else []
+        sources.append(_Source(f"librivox/{key}", "librivox", "librivox", text, key))
     clauses = _kjv_clauses(verses)
     chosen = sorted(rng.choice(len(clauses), size=min(opts["flite"], len(clauses)), replace=False))
     combos = [(v, s) for v in opts["voices"] for s in opts["stretches"]]
     for c in chosen:
         voice, stretch = combos[int(rng.integers(len(combos)))]
         speaker = f"flite-{voice}-{stretch:g}"
-        uid = f"{speaker}/kjv{c:05d}"
-        jobs.append((uid, speaker, "flite", (clauses[c], voice, stretch)))
-        texts[uid] = normalise(clauses[c])
+        how = (clauses[c], voice, stretch)
+        sources.append(
+            _Source(f"{speaker}/kjv{c:05d}", speaker, "flite", normalise(clauses[c]), how)
+        )
+    return sources
 
+
+def _wave(source: _Source, tmp: Path) -> np.ndarray:
+    """The 16 kHz mono wave of `source` (flite writes its file under `tmp`)."""
+    if source.source == "asterisk":
+        return _allison_wave(source.how)
+    if source.source == "librivox":
+        wave, rate = soundfile.read(LIBRIVOX / f"{source.how}.wav", dtype="float32")
+        return _resample(wave, rate)
+    text, voice, stretch = source.how
+    return _flite(text, voice, stretch, tmp / (source.uid.replace("/", "_") + ".wav"))
+
+
+def _featurise(
+    sources: list[_Source], workers: int, max_seconds: float, description: str | None
+) -> tuple[list[_Source], list[np.ndarray], int]:
+    """The sources kept and their float16 log-mel features, and how many were dropped (longer
+    than `max_seconds` or shorter than 4 hops). Waves come from `workers` threads; a progress
+    bar shows `description` unless it is None."""
     tmp = Path(tempfile.mkdtemp(prefix="fedsim-asr-"))
-
-    def wave_of(job: tuple) -> np.ndarray:
-        uid, _, source, how = job
-        if source == "asterisk":
-            return _allison_wave(how)
-        if source == "librivox":
-            wave, rate = soundfile.read(LIBRIVOX / f"{how}.wav", dtype="float32")
-            return wave if rate == SAMPLE_RATE else log_mel_resample(wave, rate)
-        text, voice, stretch = how
-        return _flite(text, voice, stretch, tmp / (uid.replace("/", "_") + ".wav"))
-
-    feats, kept, dropped = [], [], 0
+    kept, feats, dropped = [], [], 0
     try:
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            waves = pool.map(wave_of, jobs)
-            for job, wave in _progress(
-                zip(jobs, waves), len(jobs), f"ASR corpus ({size})", progress
-            ):
+            waves = pool.map(lambda source: _wave(source, tmp), sources)
+            for source, wave in _progress(zip(sources, waves), len(sources), description):
                 if len(wave) / SAMPLE_RATE > max_seconds or len(wave) < 4 * HOP:
                     dropped += 1
                     continue
                 feats.append(log_mel(wave).astype(np.float16))
-                kept.append(job)
+                kept.append(source)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return kept, feats, dropped
 
-    n_test = max(1, round(test_fraction * len(kept)))
-    test = set(np.random.default_rng(seed + 1).permutation(len(kept))[:n_test].tolist())
+
+def _split(
+    sources: list[_Source], feats: list[np.ndarray], test_fraction: float, seed: int
+) -> tuple[list[Utterance], int]:
+    """The utterances, laid out one after another in the feature array, and the size of the
+    seeded test split (`test_fraction`, at least one)."""
+    n_test = max(1, round(test_fraction * len(sources)))
+    test = set(np.random.default_rng(seed + 1).permutation(len(sources))[:n_test].tolist())
     utterances, offset = [], 0
-    for i, ((uid, speaker, source, _), f) in enumerate(zip(kept, feats, strict=True)):
+    for i, (s, f) in enumerate(zip(sources, feats, strict=True)):
         split = "test" if i in test else "train"
-        utterances.append(Utterance(uid, speaker, source, texts[uid], split, offset, len(f)))
+        utterances.append(Utterance(s.uid, s.speaker, s.source, s.text, split, offset, len(f)))
         offset += len(f)
+    return utterances, n_test
 
+
+def _write(
+    root: Path, feats: list[np.ndarray], utterances: list[Utterance], verses: list[str], info: dict
+) -> None:
+    """Write the corpus to a private folder, then move it to `root` (replacing an old build)."""
     out = root.with_name(f"{root.name}.{os.getpid()}.partial")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -321,24 +365,15 @@ def build_corpus(
     (out / "utterances.jsonl").write_text("".join(json.dumps(asdict(u)) + "\n" for u in utterances))
     kjv_text = [t for v in verses if (t := normalise(v))]
     (out / "text.txt").write_text("\n".join([u.text for u in utterances] + kjv_text) + "\n")
-    info = {
-        "options": wanted,
-        "utterances": len(utterances),
-        "dropped_too_long": dropped,
-        "hours": offset * HOP / SAMPLE_RATE / 3600,
-        "words": sum(len(u.text.split()) for u in utterances),
-        "speakers": sorted({u.speaker for u in utterances}),
-        "test_utterances": n_test,
-        "build_seconds": time.perf_counter() - start,
-    }
     (out / "info.json").write_text(json.dumps(info, indent=1))
     shutil.rmtree(root, ignore_errors=True)
     out.rename(root)
-    return root
 
 
-def log_mel_resample(wave: np.ndarray, rate: int) -> np.ndarray:
-    """Resample a mono wave to 16 kHz."""
+def _resample(wave: np.ndarray, rate: int) -> np.ndarray:
+    """A mono wave at `rate` Hz resampled to 16 kHz."""
+    if rate == SAMPLE_RATE:
+        return wave
     return torchaudio.functional.resample(torch.from_numpy(wave), rate, SAMPLE_RATE).numpy()
 
 

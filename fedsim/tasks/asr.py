@@ -10,7 +10,9 @@ on the update of the projection `output.weight` `(vocab, dec_hidden + 2 * enc_hi
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from functools import cache, partial
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ from fedsim.asr.corpus import N_MELS, Corpus, load_corpus
 from fedsim.asr.metrics import word_error_rate
 from fedsim.asr.model import LAS, LAS_DECODER, OUTPUT_LAYER, pad_batch
 from fedsim.asr.tokenizer import Tokenizer, train_tokenizer
+from fedsim.models import model_builder
 from fedsim.tasks.base import TrainConfig, TrainResult
 
 __all__ = ["AsrTask"]
@@ -35,7 +38,9 @@ class AsrTask:
     Args:
         corpus: corpus size, "tiny", "small" or "default" (built into the cache on first use).
         vocab_size: word pieces including the 4 special tokens (1000 default; up to 31,532).
-        enc_hidden, enc_layers, dec_hidden, embed_dim, att_dim: LAS sizes (see `LAS`).
+        model: the model node (`conf/model/las.yaml`: `_target_: fedsim.asr.model.LAS`, the LAS
+            sizes, `task: asr`) or a builder; the task adds `vocab_size`, `n_mels` and the special
+            token ids. Default: `LAS` with its default sizes.
         partition: "speaker" (non-IID: train utterances sorted by speaker/voice, then cut into
             contiguous equal parts, so a client holds one or a few voices) or "iid".
         eval_utterances: test utterances per evaluation (a fixed seeded subset; 0 = all).
@@ -49,11 +54,7 @@ class AsrTask:
         self,
         corpus: str = "default",
         vocab_size: int = 1000,
-        enc_hidden: int = 128,
-        enc_layers: int = 1,
-        dec_hidden: int = 256,
-        embed_dim: int = 64,
-        att_dim: int = 128,
+        model: Mapping[str, Any] | Callable[..., LAS] | None = None,
         partition: str = "speaker",
         eval_utterances: int = 64,
         seed: int = 0,
@@ -62,12 +63,10 @@ class AsrTask:
         if partition not in ("speaker", "iid"):
             raise ValueError(f"unknown partition {partition!r}; use 'speaker' or 'iid'")
         self.partition, self.seed, self.eval_utterances = partition, seed, eval_utterances
+        model = {"_target_": "fedsim.asr.model.LAS"} if model is None else model
+        self.model_name, self._build = model_builder(model, self.name)
         self.corpus: Corpus = load_corpus(corpus, cache_dir)
         self.tokenizer: Tokenizer = train_tokenizer(self.corpus.text_path, vocab_size)
-        self.model_options = {
-            "n_mels": N_MELS, "enc_hidden": enc_hidden, "enc_layers": enc_layers,
-            "dec_hidden": dec_hidden, "embed_dim": embed_dim, "att_dim": att_dim,
-        }  # fmt: skip
         self.targets = [tuple(self.tokenizer.targets(u.text)) for u in self.corpus.utterances]
         self.max_target_tokens = max(map(len, self.targets))
 
@@ -76,7 +75,7 @@ class AsrTask:
         tok = self.tokenizer
         return SpeechSpec(
             task=self.name,
-            name="las",
+            name=self.model_name,
             num_classes=tok.vocab_size,
             last_weight=f"{OUTPUT_LAYER}.weight",
             last_bias=f"{OUTPUT_LAYER}.bias",
@@ -91,8 +90,8 @@ class AsrTask:
 
     def build_model(self) -> LAS:
         tok = self.tokenizer
-        return LAS(tok.vocab_size, pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id,
-                   **self.model_options)  # fmt: skip
+        return self._build(vocab_size=tok.vocab_size, n_mels=N_MELS, pad_id=tok.pad_id,
+                           bos_id=tok.bos_id, eos_id=tok.eos_id)  # fmt: skip
 
     # ------------------------------------------------------------------ data
     @cache  # noqa: B019 (one task object per process)

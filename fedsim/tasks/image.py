@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from functools import cache, partial
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,7 +13,7 @@ from fedcore import ModelSpec, Truth
 from fedcore.sgd import sgd_step
 from fedsim.data.fashion_mnist import check_fashion_mnist, load_fashion_mnist
 from fedsim.data.partition import partition_indices
-from fedsim.models.image import LAST_LAYER, build_image_model
+from fedsim.models import model_builder
 from fedsim.tasks.base import TrainConfig, TrainResult
 from fedsim.training import capture_last_layer_input, soft_cross_entropy, soft_targets
 
@@ -29,8 +31,10 @@ class ImageTask:
     """Fashion-MNIST classification (10 classes) with a model from `fedsim.models.image`.
 
     Args:
-        model: "mlp", "lenet", "resnet18" or "efficientnet_b0".
-        model_options: extra constructor arguments (e.g. {"activation": "tanh"}).
+        model: a model node (`conf/model/<name>.yaml`: `_target_`, its options, `task: image`),
+            e.g. `{"_target_": "fedsim.models.image.LeNet", "activation": "tanh"}`, or a
+            builder `f(num_classes) -> nn.Module`. The built model names its final
+            `nn.Linear` in `last_layer`. Default: LeNet.
         partition: "iid" or "dirichlet"; alpha: the Dirichlet concentration.
         eval_samples: test images used per evaluation (a fixed seeded subset; 0 = all 10,000).
         seed: seeds partitions and the evaluation subset.
@@ -42,33 +46,39 @@ class ImageTask:
 
     def __init__(
         self,
-        model: str = "lenet",
-        model_options: dict | None = None,
+        model: Mapping[str, Any] | Callable[..., torch.nn.Module] | None = None,
         partition: str = "iid",
         alpha: float = 0.5,
         eval_samples: int = 1000,
         seed: int = 0,
         data_root: str | None = None,
     ) -> None:
-        self.model_name, self.model_options = model, dict(model_options or {})
+        model = {"_target_": "fedsim.models.image.LeNet"} if model is None else model
+        self.model_name, self._build = model_builder(model, self.name)
         self.partition, self.alpha, self.seed = partition, alpha, seed
         self.eval_samples, self.data_root = eval_samples, data_root
-        build_image_model(model, self.num_classes, **self.model_options)  # fail fast on bad options
+        net = self._build(num_classes=self.num_classes)  # fail fast on bad options
+        self.last_layer = getattr(net, "last_layer", None)
+        if not isinstance(self.last_layer, str) or not isinstance(
+            net.get_submodule(self.last_layer), torch.nn.Linear
+        ):
+            raise ValueError(
+                f"model {self.model_name} must name its final nn.Linear in `last_layer`, "
+                f"got {self.last_layer!r}"
+            )
         check_fashion_mnist(data_root)
         if partition not in ("iid", "dirichlet"):
             raise ValueError(f"unknown partition {partition!r}; use 'iid' or 'dirichlet'")
 
     def model_spec(self) -> ModelSpec:
-        last = LAST_LAYER[self.model_name]
+        last = self.last_layer
         return ModelSpec(
             task=self.name,
             name=self.model_name,
             num_classes=self.num_classes,
             last_weight=f"{last}.weight",
             last_bias=f"{last}.bias",
-            build=partial(
-                build_image_model, self.model_name, self.num_classes, **self.model_options
-            ),
+            build=partial(self._build, num_classes=self.num_classes),
             input_shape=(1, 28, 28),
         )
 
@@ -98,7 +108,7 @@ class ImageTask:
         )
 
         model.to(device).train()
-        last = model.get_submodule(LAST_LAYER[self.model_name])
+        last = model.get_submodule(self.last_layer)
         losses, targets, inputs = [], [], []
         with capture_last_layer_input(last) as features:
             for step in range(k):
