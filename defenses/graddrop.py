@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
+
+from defenses.sparsify import check_scope, keep_largest
 
 __all__ = ["GradDrop"]
 
@@ -26,26 +27,8 @@ class GradDrop:
     def __init__(self, rate: float = 0.9, scope: str = "tensor") -> None:
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"GradDrop rate must be in [0, 1), got {rate}")
-        if scope not in ("tensor", "global"):
-            raise ValueError(f"GradDrop scope must be 'tensor' or 'global', got {scope!r}")
+        check_scope(scope, "GradDrop")
         self.rate, self.scope = rate, scope
 
-    def _mask(self, flat: Tensor) -> Tensor:
-        drop = math.floor(self.rate * flat.numel())
-        keep = torch.ones_like(flat, dtype=torch.bool)
-        if drop:
-            keep[torch.argsort(flat.abs(), stable=True)[:drop]] = False
-        return keep
-
     def __call__(self, update: dict[str, Tensor], state: dict) -> dict[str, Tensor]:
-        if self.scope == "tensor":
-            return {k: v * self._mask(v.flatten()).view_as(v) for k, v in update.items()}
-        names = list(update)
-        flat = torch.cat([update[k].flatten().to(torch.float64) for k in names])
-        keep = self._mask(flat)
-        out, pos = {}, 0
-        for k in names:
-            n = update[k].numel()
-            out[k] = update[k] * keep[pos : pos + n].view_as(update[k])
-            pos += n
-        return out
+        return keep_largest(update, lambda n: n - math.floor(self.rate * n), self.scope)

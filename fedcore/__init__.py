@@ -5,7 +5,8 @@ This package needs only torch and numpy (no Flower, no Hydra). The arrows of the
 `fedsim`, so the math and the plugins work outside Flower (a notebook, another FL framework).
 
 - `ModelSpec`, `SpeechSpec`: what the server knows about the architecture it distributes.
-- `ServerView`: what an honest-but-curious server has about one client's reply (no truth).
+- `ServerView`: what an honest-but-curious server has about one client's reply (no truth), or
+  about a round's secure aggregate (`ServerView.of_aggregate`, `client_id = AGGREGATE`).
 - `Truth`: a client's ground truth, seen only by the scorer.
 - `Finding`, `Score`: what an attack returns, and the score columns it declares.
 - `Attack`, `Defense`: the plugin protocols.
@@ -17,9 +18,10 @@ from fedcore.findings import ERROR, NOT_APPLICABLE, OK, Finding, Score, not_appl
 from fedcore.plugins import Attack, Defense, single_sample_reason
 from fedcore.runner import AttackRunner, AttackTimeout, check_dependencies, run_with_timeout
 from fedcore.spec import DecoderParams, ModelSpec, SpeechSpec
-from fedcore.views import ServerView, Truth, frozen_tensors
+from fedcore.views import AGGREGATE, ServerView, Truth, frozen_tensors
 
 __all__ = [
+    "AGGREGATE",
     "ERROR",
     "NOT_APPLICABLE",
     "OK",

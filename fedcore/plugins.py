@@ -22,7 +22,8 @@ A defense is a callable object with a `name` that maps a client's update to the 
 `update[name] = after - before` for every trainable parameter. The client sends
 `before + defense(update, state)`, so any server strategy works unchanged. `state` is a dict that
 persists across the rounds of one client; it also holds the read-only keys "partition_id",
-"round", "lr", "local_steps" and "batch_size".
+"round", "lr", "local_steps" and "batch_size". An optional `metrics(state) -> dict[str, float]`
+reports numbers per client and round (DP's epsilon spent so far), logged in `clients.parquet`.
 """
 
 from __future__ import annotations

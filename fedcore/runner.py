@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import traceback
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -78,6 +79,14 @@ def check_dependencies(attacks: Sequence[Any]) -> None:
                 )
 
 
+def _client_key(view: ServerView) -> int:
+    """An int for seeding: the partition id, or a fixed hash of a string id such as "aggregate"
+    (Python's `hash` of a str changes per process, which would make runs irreproducible)."""
+    if isinstance(view.client_id, int):
+        return view.client_id
+    return zlib.crc32(str(view.client_id).encode())
+
+
 class AttackRunner:
     """Runs `attacks` on each view and returns one row per attack.
 
@@ -124,7 +133,7 @@ class AttackRunner:
                 message = self.reasons[attack.name]
                 rows.append({**row, "status": NOT_APPLICABLE, "message": message, "seconds": 0.0})
                 continue
-            torch.manual_seed(hash((self.seed, view.round, view.client_id, index)) % 2**31)
+            torch.manual_seed(hash((self.seed, view.round, _client_key(view), index)) % 2**31)
             start = time.perf_counter()
             try:
                 finding = run_with_timeout(lambda a=attack: a(view, findings), self.timeout)
@@ -135,7 +144,7 @@ class AttackRunner:
                 if not isinstance(exc, AttackTimeout):
                     log.debug("attack %s failed:\n%s", attack.name, traceback.format_exc())
                 log.warning(
-                    "round %d client %d: attack %s failed: %s",
+                    "round %d client %s: attack %s failed: %s",
                     view.round, view.client_id, attack.name, message,
                 )  # fmt: skip
                 seconds = time.perf_counter() - start

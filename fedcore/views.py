@@ -3,6 +3,11 @@
 Sign convention: `ServerView.update[name] = after - before` for every parameter (the weights the
 client sent minus the weights the server sent). For plain SGD with learning rate `lr`, the
 pseudo-gradient `-update / lr` is the sum of the K local steps' gradients.
+
+Under secure aggregation the server never holds one client's update, only the round's aggregate:
+`ServerView.of_aggregate` builds the view of it (`client_id = AGGREGATE`, `update = new global -
+old global`, the FedAvg mean of the round's updates), and `Truth.concatenate` joins the clients'
+truths for scoring (the union of their labels, their counts summed).
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ import torch
 from fedcore.sgd import sgd_step
 from fedcore.spec import ModelSpec
 
-__all__ = ["ServerView", "Truth", "frozen_tensors"]
+__all__ = ["AGGREGATE", "ServerView", "Truth", "frozen_tensors"]
+
+# `ServerView.client_id` of a secure aggregate (the `client` column of its attack rows).
+AGGREGATE = "aggregate"
 
 
 def frozen_tensors(tensors: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
@@ -28,25 +36,30 @@ def frozen_tensors(tensors: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Te
 
 @dataclass(frozen=True)
 class ServerView:
-    """Everything an honest-but-curious server has about one client's reply. No ground truth.
+    """Everything an honest-but-curious server has about one client's reply (or, under secure
+    aggregation, about the round's aggregate: see `of_aggregate`). No ground truth.
 
     Attributes:
         round: server round, starting at 1.
-        client_id: the client's partition id (stable across runs, unlike Flower node ids).
+        client_id: the client's partition id (stable across runs, unlike Flower node ids), or
+            `AGGREGATE` for a secure aggregate.
         global_model: the state dict the server sent (read-only copies).
         update: `after - before` for every parameter, same keys and shapes as `global_model`.
         train_config: the train config the server sent (lr, local_steps K, batch_size N, ...).
-        num_examples: the number of examples the client reported.
+        num_examples: the number of examples the client reported (an aggregate: their sum).
         model: the architecture (`ModelSpec`).
+        num_clients: how many clients' updates `update` combines: 1 for one client's reply; for
+            a secure aggregate the clients whose updates entered the sum.
     """
 
     round: int
-    client_id: int
+    client_id: int | str
     global_model: Mapping[str, torch.Tensor]
     update: Mapping[str, torch.Tensor]
     train_config: Mapping[str, Any]
     num_examples: int
     model: ModelSpec
+    num_clients: int = 1
 
     @property
     def lr(self) -> float:
@@ -61,9 +74,15 @@ class ServerView:
         return int(self.train_config["batch_size"])
 
     @property
+    def is_aggregate(self) -> bool:
+        """True for the view of a secure aggregate (`of_aggregate`)."""
+        return self.client_id == AGGREGATE
+
+    @property
     def total_samples(self) -> int:
-        """N * K, the samples behind the update (for speech: utterances, not tokens)."""
-        return self.batch_size * self.local_steps
+        """N * K, the samples behind the update (for speech: utterances, not tokens); for an
+        aggregate N * K * num_clients, the samples of all its clients."""
+        return self.batch_size * self.local_steps * self.num_clients
 
     def last_layer_update(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The last linear layer's `(weight, bias)` update (after - before), shapes (C, d), (C,)."""
@@ -105,6 +124,35 @@ class ServerView:
             model=spec,
         )
 
+    @classmethod
+    def of_aggregate(
+        cls,
+        round: int,
+        old_global: Mapping[str, torch.Tensor],
+        new_global: Mapping[str, torch.Tensor],
+        train_config: Mapping[str, Any],
+        num_examples: int,
+        num_clients: int,
+        model: ModelSpec,
+    ) -> ServerView:
+        """The view of a round's secure aggregate: all a server running secure aggregation has.
+
+        `update = new_global - old_global` (after - before, as for one client): with FedAvg the
+        mean of the round's client updates weighted by their example counts. Label attacks read
+        it as one batch of `total_samples = N * K * num_clients` samples: with K = 1 the mean of
+        the clients' batch-mean gradients is the gradient of their union batch.
+        """
+        return cls(
+            round=round,
+            client_id=AGGREGATE,
+            global_model=frozen_tensors(old_global),
+            update=frozen_tensors({k: new_global[k] - old_global[k] for k in old_global}),
+            train_config=dict(train_config),
+            num_examples=int(num_examples),
+            model=model,
+            num_clients=int(num_clients),
+        )
+
     def global_module(self) -> torch.nn.Module:
         """A fresh module holding the global model that was sent (eval mode)."""
         module = self.model.build()
@@ -133,6 +181,37 @@ class Truth:
     tokens: tuple[tuple[tuple[int, ...], ...], ...] | None = None
     inputs: np.ndarray | None = None
     features: np.ndarray | None = None
+
+    @classmethod
+    def concatenate(cls, truths: Sequence[Truth]) -> Truth:
+        """The truth of an aggregate: the clients' samples side by side, step by step (labels
+        `(K, N * M)`, soft labels, inputs and features along the sample axis; speech tokens
+        per step). Its `label_set` is the union of the clients' labels and its `label_counts`
+        their sum. A field is kept only when every client has it; all clients ran the same K.
+        """
+        if not truths:
+            raise ValueError("Truth.concatenate needs at least one truth")
+        if len(truths) == 1:
+            return truths[0]
+
+        def joined(name: str) -> np.ndarray | None:
+            values = [getattr(t, name) for t in truths]
+            if any(v is None for v in values):
+                return None
+            arrays = [np.asarray(v) for v in values]
+            return np.concatenate(arrays, axis=1 if arrays[0].ndim > 1 else 0)
+
+        tokens = None
+        if all(t.tokens is not None for t in truths):
+            steps = zip(*(t.tokens for t in truths), strict=True)
+            tokens = tuple(tuple(utt for part in step for utt in part) for step in steps)
+        return cls(
+            labels=joined("labels"),
+            soft_labels=joined("soft_labels"),
+            tokens=tokens,
+            inputs=joined("inputs"),
+            features=joined("features"),
+        )
 
     def _flat_labels(self) -> list[int]:
         if self.tokens is not None:

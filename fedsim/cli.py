@@ -1,8 +1,11 @@
 """`fedsim`: run one experiment (or a Hydra multirun sweep) and print its summary.
 
 fedsim                                   # the default experiment (conf/config.yaml)
-fedsim model=resnet18 defense=signsgd fl.rounds=5
+fedsim defense=signsgd fl.rounds=60
 fedsim -m backend=inline defense=none,signsgd,graddrop
+
+Exit codes: 0 done; 1 a round aggregated no update (every client failed, timed out or sent a
+non-finite update; each such round is named on stderr); 2 a config or data error.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from fedsim.simulation import quiet_environment
 
 log = logging.getLogger("fedsim")
 
+# Lines of rounds that aggregated no update, over this process's runs (a sweep's jobs included):
+# `main` exits 1 when there are any, after every job has run and been summarised.
+_FAILED: list[str] = []
+
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _run(cfg: DictConfig) -> None:
@@ -34,7 +41,8 @@ def _run(cfg: DictConfig) -> None:
     except (ConfigError, MissingDataError) as exc:
         log.error("%s", exc)
         sys.exit(2)
-    print_summary(run_dir)
+    failed = print_summary(run_dir)
+    _FAILED.extend(f"{run_dir}: {line}" for line in failed)
 
 
 def _preflight(argv: list[str]) -> None:
@@ -61,6 +69,10 @@ def main() -> None:
         print(f"fedsim: config error: {exc}", file=sys.stderr)
         sys.exit(2)
     _run()
+    if _FAILED:
+        for line in _FAILED:
+            print(f"fedsim: {line}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
 """The Flower ClientApp: local SGD on the client's partition, then the configured defense (a mod).
+Under secure aggregation (`defense=secagg`) the mods are Flower's SecAgg+ mod and the adapter of
+`fedsim.secure_aggregation` instead: the client sends its masked update.
 
 `build_client_app(cfg)` builds it from a plain config dict; the module-level `app` builds it from
 `context.run_config["overrides"]` (Hydra overrides) for `flwr run` and the deployment engine.
@@ -18,6 +20,7 @@ from flwr.clientapp import ClientApp
 from fedsim.audit import encode_truth
 from fedsim.defense_mod import make_defense_mod
 from fedsim.factory import build_defense, build_task, config_key, resolve_device
+from fedsim.secure_aggregation import client_mods, is_secure_aggregation
 from fedsim.tasks.base import TrainConfig
 
 __all__ = ["app", "build_client_app"]
@@ -53,7 +56,10 @@ def _defense_mod(cfg: dict):
 
 def build_client_app(cfg: dict) -> ClientApp:
     """The ClientApp for the resolved config `cfg` (a plain, picklable dict)."""
-    build_task(cfg), build_defense(cfg)  # fail fast here on a bad config
+    build_task(cfg)  # fail fast here on a bad config
+    secure = is_secure_aggregation(build_defense(cfg))
+    # Secure aggregation: Flower's SecAgg+ mod masks the update (fedsim.secure_aggregation).
+    train_mods = client_mods(cfg) if secure else [_defense_mod(cfg)]
     threads = cfg.get("backend", {}).get("client_threads")
     app = ClientApp()
 
@@ -63,7 +69,7 @@ def build_client_app(cfg: dict) -> ClientApp:
         record = ConfigRecord({"partition-id": pid, "num-partitions": nparts})
         return Message(RecordDict({"meta": record}), reply_to=msg)
 
-    @app.train(mods=[_defense_mod(cfg)])
+    @app.train(mods=train_mods)
     def train(msg: Message, context: Context) -> Message:
         if threads:
             torch.set_num_threads(int(threads))

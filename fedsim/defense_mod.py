@@ -2,7 +2,9 @@
 
 The defense sees `update = after - before` of every trainable parameter and the client sends
 `before + defense(update, state)`; buffers (e.g. BatchNorm statistics) are sent unchanged.
-The defense's `state` dict persists across rounds in `context.state`.
+The defense's `state` dict persists across rounds in `context.state`. A defense with a
+`metrics(state) -> dict[str, float]` method (e.g. DP's epsilon) adds those numbers to the reply's
+metrics, so they become columns of `clients.parquet`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import io
 from collections.abc import Callable
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 
 from fedcore import Defense
 from fedsim.tasks.base import TrainConfig
@@ -57,6 +59,12 @@ def make_defense_mod(defense: Defense, parameter_names: frozenset[str]) -> Calla
         if set(sent) != set(update) or any(sent[k].shape != update[k].shape for k in update):
             raise ValueError(f"defense {defense.name!r} must return the same keys and shapes")
         _save_state(context, state)
+        if callable(getattr(defense, "metrics", None)):
+            metrics = reply.content.metric_records
+            record = next(iter(metrics.values())) if metrics else MetricRecord()
+            record.update({k: float(v) for k, v in defense.metrics(state).items()})
+            if not metrics:
+                reply.content["metrics"] = record
         new = {
             k: (before[k] + sent[k].to(before[k].dtype)) if k in sent else v
             for k, v in after.items()

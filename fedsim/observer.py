@@ -6,6 +6,10 @@ This is the thin adapter between Flower and the Flower-free runner. For each rep
 scorer sees; the audit record is stripped from every reply, so the strategy never sees it either.
 Replies with an error or a non-finite update are logged and kept out of aggregation; clients that
 did not answer in time get a `timeout` row.
+
+Under secure aggregation (`defense=secagg`, `fedsim.secure_aggregation`) the server has no reply
+of its own to look at: `observe_aggregate` attacks the round's aggregate instead (one view per
+round, `client = "aggregate"`), scored against the union of the clients' truths.
 """
 
 from __future__ import annotations
@@ -20,11 +24,15 @@ from flwr.app import ArrayRecord, Message
 
 from fedcore import AttackRunner, ServerView, Truth, frozen_tensors
 from fedsim.audit import decode_truth
+from fedsim.errors import plain_error
 from fedsim.logs import RoundLog
 
 __all__ = ["Observer", "RoundStats"]
 
 log = logging.getLogger("fedsim")
+
+# How a client under secure aggregation reports a non-finite update (it drops out of the round).
+NON_FINITE_MARK = "non-finite update"
 
 
 @dataclass(frozen=True)
@@ -87,9 +95,9 @@ class Observer:
             client = partition_of.get(node, -1)
             if reply.has_error():
                 counts["failures"] += 1
-                reason = reply.error.reason.strip()
-                self._client_row(round_, client, "error", reason[-2000:])
-                log.warning("round %d: client %d failed: %s", round_, client, reason)
+                reason = plain_error(reply.error.reason)
+                self._client_row(round_, client, "error", reason[:4000])
+                log.warning("round %d: client %d failed: %s", round_, client, reason.split("\n")[0])
                 continue
             truth = None
             if "audit" in reply.content:
@@ -128,6 +136,63 @@ class Observer:
             log.warning("round %d: client %d did not reply in time", round_, client)
         self.stats[round_] = RoundStats(clients=len(sent), timeouts=len(late), **counts)
         return keep
+
+    def observe_aggregate(
+        self,
+        round_: int,
+        sampled: Sequence[int],
+        replies: Mapping[int, Mapping[str, Any]],
+        errors: Mapping[int, str],
+        before: Mapping[str, torch.Tensor],
+        after: Mapping[str, torch.Tensor] | None,
+        train_config: Mapping[str, Any],
+        truths: Sequence[Truth],
+    ) -> None:
+        """Secure aggregation: write the round's client rows, then attack its aggregate.
+
+        Args:
+            round_: the run's round.
+            sampled: the partition ids sampled this round.
+            replies: partition id -> metrics ("num-examples", train metrics) of every client
+                whose masked vector entered the sum.
+            errors: partition id -> why a sampled client has no update in the sum; sampled
+                clients in neither mapping timed out.
+            before, after: the global model before and after the round (`after` None: nothing
+                was aggregated, nothing is attacked).
+            train_config: the config sent to the clients.
+            truths: the clients' truths (for scoring only; empty without audit).
+        """
+        counts = {"ok": 0, "failures": 0, "non_finite": 0}
+        timeouts = 0
+        for client in sorted(sampled):
+            if client in replies:
+                counts["ok"] += 1
+                self._client_row(round_, client, "ok", "", replies[client])
+            elif client in errors:
+                reason = errors[client]
+                status = "non_finite" if NON_FINITE_MARK in reason else "error"
+                counts["non_finite" if status == "non_finite" else "failures"] += 1
+                self._client_row(round_, client, status, reason[-2000:])
+                log.warning("round %d: client %d has no update in the sum: %s", round_, client,
+                            reason.splitlines()[-1] if reason else "")  # fmt: skip
+            else:
+                timeouts += 1
+                self._client_row(round_, client, "timeout", "no reply before the round's timeout")
+                log.warning("round %d: client %d did not reply in time", round_, client)
+        self.stats[round_] = RoundStats(clients=len(sampled), timeouts=timeouts, **counts)
+        if after is None or not replies:
+            return
+        view = ServerView.of_aggregate(
+            round=round_,
+            old_global=before,
+            new_global=after,
+            train_config=train_config,
+            num_examples=sum(int(m.get("num-examples", 0)) for m in replies.values()),
+            num_clients=len(replies),
+            model=self.runner.spec,
+        )
+        truth = Truth.concatenate(truths) if truths and len(truths) == len(replies) else None
+        self._attack(view, truth)
 
     def _attack(self, view: ServerView, truth: Truth | None) -> None:
         for row in self.runner.run(view, truth):

@@ -23,12 +23,13 @@ __all__ = ["FLConfig", "InlineBackend", "RayBackend", "RunConfig", "register"]
 class FLConfig:
     """`fl.*`: the federated-learning schedule and the clients' local SGD."""
 
-    rounds: int = 3
-    clients: int = 4  # simulated clients (= partitions)
+    rounds: int = 150
+    clients: int = 16  # simulated clients (= partitions)
     fraction: float = 1.0  # fraction of clients sampled each round
-    lr: float = 0.02  # client SGD learning rate
+    lr: float = 0.2  # client SGD learning rate (of the first round under a schedule)
+    lr_schedule: str = "cosine"  # constant | cosine (lr in round 1 down to lr / 10 in the last)
     local_steps: int = 1  # K
-    batch_size: int = 4  # N
+    batch_size: int = 2  # N
     label_smoothing: float = 0.0  # epsilon
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixup weights; 0: off
     keep_inputs: bool = False  # clients attach inputs/features to the audit

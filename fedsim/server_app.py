@@ -1,5 +1,7 @@
 """The Flower ServerApp: seeded FedAvg over the sampled clients, with the observer attacking
-every reply before aggregation and the global model evaluated after it.
+every reply before aggregation and the global model evaluated after it. Under secure aggregation
+(`defense=secagg`) `run_server` hands over to `fedsim.secure_aggregation` (Flower's SecAgg+), where
+the observer attacks each round's aggregate instead.
 
 `build_server_app(cfg, run_dir)` builds it from a plain config dict (used by the simulation
 backends); the module-level `app` composes the config from `context.run_config["overrides"]`
@@ -13,6 +15,7 @@ import logging
 import random
 import time
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,8 @@ from fedsim.factory import build_attacks, build_defense, build_task, resolve_dev
 from fedsim.logs import RoundLog
 from fedsim.observed_grid import ObservedGrid
 from fedsim.observer import Observer, RoundStats
+from fedsim.schedule import lr_at_round
+from fedsim.secure_aggregation import is_secure_aggregation, run_secure_aggregation
 from fedsim.strategy import SampledFedAvg
 from fedsim.summary import headline_scores
 from fedsim.tasks.base import Task
@@ -60,6 +65,30 @@ def _train_config(fl: dict, seed: int, audit: bool, round_offset: int) -> Config
     )
 
 
+class DivergenceWatch:
+    """Warns once when the global loss becomes non-finite or grows `factor`x over the first
+    evaluated round's, naming the likely cause (`hint`, e.g. "fl.lr=0.5, defense=signsgd")."""
+
+    def __init__(self, hint: str, factor: float = 100.0) -> None:
+        self.hint, self.factor = hint, factor
+        self.first: float | None = None
+        self.warned = False
+
+    def __call__(self, round_: int, loss: float | None) -> None:
+        if loss is None or self.warned:
+            return
+        loss = float(loss)
+        if self.first is None:
+            self.first = loss
+            return
+        if not np.isfinite(loss) or loss > self.factor * max(self.first, 1e-12):
+            self.warned = True
+            log.warning(
+                "round %d: global loss %.3g vs %.3g at the start: training diverged; lower the"
+                " learning rate or change the defense (%s)", round_, loss, self.first, self.hint,
+            )  # fmt: skip
+
+
 class GlobalEvaluation:
     """Flower's `evaluate_fn`: after each round, evaluates the global model, writes its row and
     checkpoint, and prints the round's line (metrics, clients, each attack's headline score).
@@ -79,10 +108,12 @@ class GlobalEvaluation:
         checkpoints: Checkpoints,
         rounds: int,
         done: int = 0,
+        divergence: DivergenceWatch | None = None,
     ) -> None:
         self.task, self.spec, self.device = task, spec, device
         self.round_log, self.observer, self.checkpoints = round_log, observer, checkpoints
         self.rounds, self.done = rounds, done
+        self.divergence = divergence
         self.start = time.perf_counter()
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -99,6 +130,8 @@ class GlobalEvaluation:
         self.round_log.flush()
         self.checkpoints.save(round_, state)
         self._print(round_, metrics, stats, seconds)
+        if self.divergence is not None:
+            self.divergence(round_, metrics.get("loss"))
         self.start = time.perf_counter()
         return MetricRecord(metrics)
 
@@ -143,17 +176,40 @@ def run_server(grid: Grid, cfg: dict, run_dir: str | Path, audit: bool = True) -
     train_config = _train_config(fl, seed, audit, round_offset=done)
     observer.check(dict(train_config))
     clients = int(fl["clients"])
+    sample_size = max(1, round(float(fl["fraction"]) * clients))
     partition_of = discover_partitions(grid, clients, float(cfg.get("connect_timeout", 300)))
+    hint = f"fl.lr={float(fl['lr']):g}, defense={defense.name}"
+    evaluation = GlobalEvaluation(
+        task, spec, resolve_device(cfg["device"]), round_log, observer, checkpoints, rounds, done,
+        DivergenceWatch(hint),
+    )  # fmt: skip
+    if is_secure_aggregation(defense):  # the server sees only each round's aggregate
+        run_secure_aggregation(
+            grid,
+            defense,
+            initial=initial,
+            sample_size=sample_size,
+            seed=seed,
+            round_offset=done,
+            num_rounds=rounds - done,
+            train_config=dict(train_config),
+            partition_of=partition_of,
+            observer=observer,
+            evaluation=evaluation,
+            timeout=cfg.get("round_timeout"),
+            lr_schedule=str(fl.get("lr_schedule", "constant")),
+        )
+        return
     strategy = SampledFedAvg(
-        sample_size=max(1, round(float(fl["fraction"]) * clients)),
+        sample_size=sample_size,
         seed=seed,
         round_offset=done,
+        lr_at=partial(
+            lr_at_round, float(fl["lr"]), fl.get("lr_schedule", "constant"), rounds=rounds
+        ),
         fraction_train=float(fl["fraction"]),
         fraction_evaluate=0.0,
         min_available_nodes=clients,
-    )
-    evaluation = GlobalEvaluation(
-        task, spec, resolve_device(cfg["device"]), round_log, observer, checkpoints, rounds, done
     )
     strategy.start(
         grid=ObservedGrid(grid, observer, partition_of),

@@ -14,9 +14,17 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from fedsim.errors import error_headline
 from fedsim.logs import load
 
-__all__ = ["attack_summary", "headline_scores", "print_summary"]
+__all__ = [
+    "attack_summary",
+    "failed_rounds",
+    "format_value",
+    "headline_scores",
+    "print_summary",
+    "result_line",
+]
 
 # Columns of attacks.parquet that are not scores (context, bookkeeping).
 _NOT_SCORES = {
@@ -77,7 +85,52 @@ def headline_scores(
     return ", ".join(parts)
 
 
-def _fmt(value) -> str:
+def skipped_reasons(attacks: pd.DataFrame) -> list[str]:
+    """One line per attack and reason it did not apply (or failed), with how many rows, e.g.
+    "idlg not_applicable (300 rows): iDLG needs batch_size 1 (one sample per update), got 2"."""
+    if attacks.empty:
+        return []
+    lines = []
+    rows = attacks[attacks["status"] != "ok"]
+    for (name, status, message), group in rows.groupby(["attack", "status", "message"], sort=False):
+        lines.append(f"{name} {status} ({len(group)} rows): {error_headline(message)}")
+    return lines
+
+
+def failed_rounds(rounds: pd.DataFrame, clients: pd.DataFrame) -> list[str]:
+    """One line per round that aggregated no update, e.g.
+    "round 2: 0 of 4 updates aggregated (4 errors: NameError: name 'torch' is not defined)"."""
+    lines = []
+    for _, row in rounds.iterrows():
+        round_ = int(row["round"])
+        if round_ == 0 or "ok" not in row or pd.isna(row["ok"]) or int(row["ok"]) > 0:
+            continue
+        mine = clients[(clients["round"] == round_) & (clients["status"] != "ok")]
+        causes = []
+        for status, group in mine.groupby("status", sort=False):
+            label = {"error": "errors", "timeout": "timeouts", "non_finite": "non-finite"}
+            head = error_headline(group["message"].iloc[0])
+            causes.append(f"{len(group)} {label.get(status, status)}: {head}")
+        total = int(row["clients"]) if "clients" in row and not pd.isna(row["clients"]) else 0
+        why = f" ({'; '.join(causes)})" if causes else ""
+        lines.append(f"round {round_}: 0 of {total} updates aggregated{why}")
+    return lines
+
+
+def result_line(rounds: pd.DataFrame, attacks: pd.DataFrame, scores: Mapping) -> str:
+    """The run's result in one line: the last round's metrics and each attack's mean headline
+    score over all rounds, e.g. "round 150: accuracy 0.812 | rlg F1 1.00, yin F1 0.41"."""
+    if rounds.empty:
+        return "no round finished"
+    last = rounds.iloc[-1]
+    metrics = [c for c in ("accuracy", "wer", "loss") if c in rounds and not pd.isna(last[c])]
+    shown = ", ".join(f"{c} {float(last[c]):.3f}" for c in metrics)
+    head = headline_scores(attacks.to_dict("records"), scores) if not attacks.empty else ""
+    return f"round {int(last['round'])}: {shown}" + (f" | {head}" if head else "")
+
+
+def format_value(value) -> str:
+    """A table cell: floats with 3 decimals (whole numbers as integers), NaN as a dash."""
     if isinstance(value, float | np.floating):
         if pd.isna(value):
             return "–"
@@ -86,8 +139,11 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def print_summary(run_dir: str | Path, console: Console | None = None) -> None:
-    """Print the rounds table, the attack table and the run directory."""
+def print_summary(run_dir: str | Path, console: Console | None = None) -> list[str]:
+    """Print the rounds table, the attack table, the result line and the run directory.
+
+    Returns the lines of rounds that aggregated nothing (printed last; the CLI then exits 1).
+    """
     console = console or Console()
     logs = load(run_dir)
     rounds = logs.rounds
@@ -103,7 +159,7 @@ def print_summary(run_dir: str | Path, console: Console | None = None) -> None:
     for c in cols:
         table.add_column(c, justify="right")
     for _, row in rounds.iterrows():
-        table.add_row(*(_fmt(row[c]) for c in cols))
+        table.add_row(*(format_value(row[c]) for c in cols))
     console.print(table)
     summary = attack_summary(logs.attacks, logs.scores)
     if not summary.empty:
@@ -112,6 +168,13 @@ def print_summary(run_dir: str | Path, console: Console | None = None) -> None:
         for c in summary.columns:
             table.add_column(str(c), justify="right")
         for name, row in summary.iterrows():
-            table.add_row(str(name), *(_fmt(v) for v in row.tolist()))
+            table.add_row(str(name), *(format_value(v) for v in row.tolist()))
         console.print(table)
+        for line in skipped_reasons(logs.attacks):
+            console.print(line, markup=False)
     console.print(f"Run directory: [bold]{Path(run_dir).resolve()}[/bold]")
+    console.print(f"Result: {result_line(rounds, logs.attacks, logs.scores)}", markup=False)
+    failed = failed_rounds(rounds, logs.clients)
+    for line in failed:
+        console.print(f"FAILED {line}", style="bold red", markup=False)
+    return failed

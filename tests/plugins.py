@@ -62,15 +62,15 @@ class KillAtRound:
 
 
 class FailOnClient:
-    """A defense that raises on one client (simulates a crashing client)."""
+    """A defense that raises on one client, or on every client when `client` is None."""
 
     name = "fail_on_client"
 
-    def __init__(self, client: int = 1) -> None:
+    def __init__(self, client: int | None = 1) -> None:
         self.client = client
 
     def __call__(self, update, state):
-        if state["partition_id"] == self.client:
+        if self.client is None or state["partition_id"] == self.client:
             raise RuntimeError(f"client {self.client} crashed on purpose")
         return update
 

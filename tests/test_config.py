@@ -53,7 +53,7 @@ def _error(*overrides: str) -> str:
         (["backend.num_cpus=x"], ["backend.num_cpus must be an integer or null, got 'x'"]),
         (["task=asr", "model=resnet18"],
          ["model resnet18 is an image model; task=asr takes model=las"]),
-        (["model=las"], ["model las is an asr model; task=image takes model=efficientnet_b0"]),
+        (["model=las"], ["model las is an asr model; task=image takes model=small_cnn"]),
     ],
 )  # fmt: skip
 def test_bad_config_gives_one_clear_line(args, expected):
@@ -72,7 +72,7 @@ def test_graddrop_rate_is_checked_by_its_constructor():
 
 def test_the_task_picks_its_model_and_the_command_line_overrides_it():
     cfg = compose_config([])
-    assert cfg["model"]["_target_"] == "fedsim.models.image.efficientnet_b0"
+    assert cfg["model"]["_target_"] == "fedsim.models.image.SmallCNN"
     assert cfg["task"]["model"] == cfg["model"]  # the task builds the model of the `model` node
     cfg = compose_config(["model=resnet18"])
     assert cfg["task"]["model"]["_target_"] == "fedsim.models.image.resnet18"
@@ -116,7 +116,7 @@ def test_a_users_config_folder_adds_choices(tmp_path, monkeypatch):
     assert cfg["attack"]["bias_sign"] == {"_target_": "mypkg.BiasSign", "threshold": 0}
     assert "bias_sign, idlg" in _error(search, "attack=[bias_sgn]")
     assert "unknown attack 'bias_sign'" in _error("attack=[bias_sign]")  # not without the path
-    assert "tiny_las is an asr model; task=image takes model=efficientnet_b0" in _error(
+    assert "tiny_las is an asr model; task=image takes model=small_cnn" in _error(
         search, "model=tiny_las"
     )
 
@@ -131,6 +131,6 @@ def test_cli_exits_2_with_one_line():
     assert result.stderr.strip().splitlines() == [
         "fedsim: config error: unknown config key 'fl.roundz': fl has no 'roundz'. Did you mean "
         "'fl.rounds'? Valid keys in fl: batch_size, clients, fraction, keep_inputs, "
-        "label_smoothing, local_steps, lr, mixup_alpha, rounds."
+        "label_smoothing, local_steps, lr, lr_schedule, mixup_alpha, rounds."
     ]
     assert "Traceback" not in result.stdout + result.stderr

@@ -51,7 +51,7 @@ def _task_node(view: ServerView) -> dict:
 
 def test_signsgd_and_graddrop_as_seen_by_the_server(run_fedsim):
     plugins.SEEN.clear()
-    run_fedsim(RECORDER, "defense=signsgd", "fl.lr=0.05", name="sign")
+    run_fedsim(RECORDER, "defense=signsgd", "defense.scale=null", "fl.lr=0.05", name="sign")
     for view in plugins.SEEN:
         for name, u in view.update.items():
             nonzero = u[u != 0].abs()
@@ -191,6 +191,19 @@ def test_cli_multirun_writes_one_run_per_defense(tmp_path):
     defenses = sorted(load(r).clients["defense"].iloc[0] for r in runs)
     assert defenses == ["graddrop", "none", "signsgd"]
     assert "Run directory" in result.stdout
+    # one cross-job table after the sweep: a row per job, labelled by what differs
+    assert "Sweep: 3 runs" in result.stdout and "defense=GradDrop" in result.stdout
+
+
+def test_a_round_with_nothing_aggregated_exits_1_and_names_the_cause(tmp_path):
+    out = tmp_path / "dead"
+    result = _cli(*FAST_CLI, "fl.rounds=2", "defense._target_=tests.plugins.FailOnClient",
+                  "+defense.client=null", f"output={out}", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    for round_ in (1, 2):
+        line = f"round {round_}: 0 of 2 updates aggregated (2 errors: RuntimeError: client None"
+        assert line in result.stderr, result.stderr[-2000:]
+    assert list(load(out).rounds["round"]) == [0, 1, 2]  # the logs are kept
 
 
 @pytest.mark.ray

@@ -1,0 +1,28 @@
+"""Client errors as plain text, the exception's type and message first."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["error_headline", "plain_error"]
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Timeout|Failure)\b.*")
+
+
+def error_headline(text: str) -> str:
+    """The line naming the exception ("NameError: name 'torch' is not defined"): the last line
+    that starts with an exception type, else the last non-empty line."""
+    lines = [line.strip() for line in _ANSI.sub("", str(text)).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if _EXCEPTION.match(line):
+            return line
+    return lines[-1] if lines else ""
+
+
+def plain_error(text: str) -> str:
+    """`text` without ANSI colour codes, its headline (`error_headline`) first, then the full
+    text (a traceback, wrapper lines) after a blank line when there is more."""
+    clean = _ANSI.sub("", str(text)).strip()
+    head = error_headline(clean)
+    return head if clean == head else f"{head}\n\n{clean}"
