@@ -54,7 +54,8 @@ RLG = ("precision", "recall", "f1", "exact", "count_l1")
 
 def run_one(name: str, overrides: list[str], seed: int, rounds: int, out: Path) -> dict:
     """Run one configuration; return its record (or its error)."""
-    run_dir = out / f"{name.replace(' ', '_').replace('%', 'pc')}_seed{seed}"
+    slug = "".join(c if c.isalnum() or c in "._-" else "_" for c in name.replace("%", "pc"))
+    run_dir = out / f"{slug}_seed{seed}"
     cmd = [
         *FEDSIM, "backend=inline", f"fl.rounds={rounds}", f"seed={seed}", "attack=[rlg,yin]",
         f"output={run_dir}", *overrides,

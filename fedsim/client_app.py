@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -39,27 +40,29 @@ def _partition(context: Context) -> tuple[int, int]:
 _MODS: dict[str, object] = {}
 
 
-def _defense_mod(cfg: dict):
+def _defense_mod(cfg: dict, state_dir: str | None = None):
     """The defense as a client mod, built in the process that runs it (Ray actors build their
     own, so nothing large is pickled with the app), once per process and config."""
-    key = config_key(cfg)
+    key = config_key([cfg, state_dir])
 
     def mod(msg: Message, context: Context, call_next):
         if key not in _MODS:
             spec = build_task(cfg).model_spec()
             trainable = frozenset(name for name, _ in spec.build().named_parameters())
-            _MODS[key] = make_defense_mod(build_defense(cfg), trainable)
+            _MODS[key] = make_defense_mod(build_defense(cfg), trainable, state_dir)
         return _MODS[key](msg, context, call_next)
 
     return mod
 
 
-def build_client_app(cfg: dict) -> ClientApp:
-    """The ClientApp for the resolved config `cfg` (a plain, picklable dict)."""
+def build_client_app(cfg: dict, state_dir: str | Path | None = None) -> ClientApp:
+    """The ClientApp for the resolved config `cfg` (a plain, picklable dict). `state_dir`: where
+    clients also save their defense state, for a resumed run (`fedsim.defense_mod`)."""
     build_task(cfg)  # fail fast here on a bad config
     secure = is_secure_aggregation(build_defense(cfg))
     # Secure aggregation: Flower's SecAgg+ mod masks the update (fedsim.secure_aggregation).
-    train_mods = client_mods(cfg) if secure else [_defense_mod(cfg)]
+    state = str(state_dir) if state_dir is not None else None
+    train_mods = client_mods(cfg) if secure else [_defense_mod(cfg, state)]
     threads = cfg.get("backend", {}).get("client_threads")
     app = ClientApp()
 

@@ -34,6 +34,11 @@ __all__ = ["CONF_DIR", "ConfigError", "compose_config", "preflight_overrides", "
 
 CONF_DIR = Path(__file__).parent / "conf"
 register()
+# `${fedsim_first:a,b,...}`: the first argument that is not null (conf/config.yaml: hydra.run.dir
+# is `resume`, else `output`, else Hydra's outputs/DATE/TIME, so cli.log lands in the run dir).
+OmegaConf.register_new_resolver(
+    "fedsim_first", lambda *args: next((a for a in args if a is not None), None), replace=True
+)
 
 
 class ConfigError(ValueError):

@@ -2,11 +2,18 @@
 
 For tests and debugging (about a second per small run, no Ray). A client exception becomes an
 error reply, exactly as in Flower's simulation engine, so the run goes on.
+
+With a `timeout` (`round_timeout`), each client runs in a daemon thread and the round waits for it
+only until the round's deadline: a client still running then sends no reply (it times out, and
+the server's observer writes its `timeout` row); its node is skipped while it is still busy. A stop
+signal (`fedsim.run_control`) is honoured between clients.
 """
 
 from __future__ import annotations
 
 import copy
+import threading
+import time
 import traceback
 import uuid
 from collections.abc import Iterable
@@ -16,6 +23,8 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
+
+from fedsim.run_control import raise_if_stopping
 
 __all__ = ["InlineGrid", "run_inline"]
 
@@ -39,6 +48,7 @@ class InlineGrid(Grid):
             for i in range(num_nodes)
         }
         self._replies: dict[str, Message] = {}
+        self._busy: dict[int, threading.Thread] = {}  # node -> a client still running late
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = (
             run_id,
             SUPERLINK_NODE_ID,
@@ -60,30 +70,65 @@ class InlineGrid(Grid):
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
 
+    def _prepare(self, message: Message) -> Message:
+        message = copy.deepcopy(message)  # like a network: the client gets its own copy
+        message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+        return message
+
+    def _run_client(self, message: Message) -> None:
+        context = self.contexts[message.metadata.dst_node_id]
+        try:
+            reply = self.client_app(message, context)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+            reply = Message(
+                Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason),
+                reply_to=message,
+            )
+        reply.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+        self._replies[message.metadata.message_id] = reply
+
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         ids = []
         for message in messages:
-            message = copy.deepcopy(message)  # like a network: the client gets its own copy
-            message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
-            context = self.contexts[message.metadata.dst_node_id]
-            try:
-                reply = self.client_app(message, context)
-            except Exception as exc:
-                reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
-                reply = Message(
-                    Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason),
-                    reply_to=message,
-                )
-            reply.metadata.__dict__["_message_id"] = str(uuid.uuid4())
-            self._replies[message.metadata.message_id] = reply
+            raise_if_stopping()
+            message = self._prepare(message)
+            self._run_client(message)
             ids.append(message.metadata.message_id)
+        return ids
+
+    def _push_within(self, messages: Iterable[Message], timeout: float) -> list[str]:
+        """Run the clients one after another, each in a thread, until `timeout` seconds from now;
+        a client not done by then gets no reply."""
+        end = time.monotonic() + float(timeout)
+        ids = []
+        for message in messages:
+            raise_if_stopping()
+            message = self._prepare(message)
+            ids.append(message.metadata.message_id)
+            node = message.metadata.dst_node_id
+            late = self._busy.get(node)
+            if late is not None:
+                late.join(max(0.0, end - time.monotonic()))
+                if late.is_alive():
+                    continue  # still on an earlier round's message: no reply this round
+                del self._busy[node]
+            if time.monotonic() >= end:
+                continue
+            thread = threading.Thread(target=self._run_client, args=(message,), daemon=True)
+            thread.start()
+            thread.join(max(0.0, end - time.monotonic()))
+            if thread.is_alive():
+                self._busy[node] = thread
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
         return [self._replies.pop(i) for i in message_ids if i in self._replies]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):
-        return self.pull_messages(self.push_messages(messages))
+        if timeout is None:
+            return self.pull_messages(self.push_messages(messages))
+        return self.pull_messages(self._push_within(messages, timeout))
 
 
 def run_inline(server_app, client_app: ClientApp, num_nodes: int) -> None:

@@ -5,19 +5,27 @@ It composes with any strategy (FedAvg, FedProx, Krum, ...): the strategy calls
 observer attack the replies, and returns only the replies that may be aggregated. It changes
 nothing it is given. Node ids are listed in partition order, so a seeded sampler draws the same
 clients on every run.
+
+It also waits for the replies itself (push, then pull every `POLL` seconds until all replies are in
+or `timeout` has passed), so that a stop signal (`fedsim.run_control`) ends the wait at once.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedsim.inline_grid import InlineGrid
 from fedsim.observer import Observer
+from fedsim.run_control import raise_if_stopping
 from fedsim.tasks.base import TrainConfig
 
 __all__ = ["ObservedGrid"]
+
+POLL = 0.1  # seconds between pulls while waiting for replies
 
 
 class ObservedGrid(Grid):
@@ -56,9 +64,26 @@ class ObservedGrid(Grid):
                 config = dict(m.content["config"])
                 sent[m.metadata.dst_node_id] = (m.content["arrays"], config)
                 round_ = TrainConfig.round_of(config)
-        replies = list(self._inner.send_and_receive(messages, timeout=timeout))
+        replies = self._send_and_wait(messages, timeout)
         if not sent:
             return replies
         train = [r for r in replies if r.metadata.src_node_id in sent]
         others = [r for r in replies if r.metadata.src_node_id not in sent]
         return self.observer.observe(round_, sent, train, self.partition_of) + others
+
+    def _send_and_wait(self, messages: list[Message], timeout: float | None) -> list[Message]:
+        raise_if_stopping()
+        if isinstance(self._inner, InlineGrid):  # runs the clients itself, within the timeout
+            return list(self._inner.send_and_receive(messages, timeout=timeout))
+        waiting = set(self._inner.push_messages(messages))
+        end = None if timeout is None else time.monotonic() + float(timeout)
+        replies: list[Message] = []
+        while waiting:
+            raise_if_stopping()
+            got = list(self._inner.pull_messages(waiting))
+            replies += got
+            waiting -= {r.metadata.reply_to_message_id for r in got}
+            if not waiting or (end is not None and time.monotonic() >= end):
+                break
+            time.sleep(POLL)
+        return replies

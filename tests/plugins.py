@@ -87,3 +87,28 @@ class NaNOnClient:
         if state["partition_id"] == self.client:
             return {k: torch.full_like(v, float("nan")) for k, v in update.items()}
         return update
+
+
+class CountingScale:
+    """A stateful defense: a client's k-th update (k counted in its state) is sent scaled by 1/k,
+    so a resumed run equals an uninterrupted one only if the counter survives the restart."""
+
+    name = "counting_scale"
+
+    def __call__(self, update, state):
+        state["calls"] = int(state.get("calls", 0)) + 1
+        return {k: v / state["calls"] for k, v in update.items()}
+
+
+class SleepOnClient:
+    """A defense that sleeps `seconds` on one client (a stuck client, for round timeouts)."""
+
+    name = "sleep_on_client"
+
+    def __init__(self, client: int = 1, seconds: float = 30.0) -> None:
+        self.client, self.seconds = client, seconds
+
+    def __call__(self, update, state):
+        if state["partition_id"] == self.client:
+            time.sleep(self.seconds)
+        return update
