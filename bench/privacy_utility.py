@@ -97,12 +97,21 @@ def collect(run_dir: Path) -> dict:
     last = int(rounds["round"].max())
     ok = attacks[attacks["status"] == "ok"]
     rlg, yin = ok[ok["attack"] == "rlg"], ok[ok["attack"] == "yin"]
-    per_round = rlg.groupby("round")["f1"].mean() if len(rlg) else None
+    # Leakage with abstentions counted as none: an RLG row that is not applicable (or failed)
+    # revealed nothing, so its F1 is 0 here (the ok-row means below ignore those rows).
+    all_rlg = attacks[attacks["attack"] == "rlg"].assign(
+        f1=lambda f: f["f1"].where(f["status"] == "ok", 0.0)
+    )
+    per_round = all_rlg.groupby("round")["f1"].mean() if len(all_rlg) else None
     record = {
         "run_dir": str(run_dir),
         "accuracy_per_round": rounds.set_index("round")["accuracy"].round(4).to_dict(),
         "final_accuracy": final_accuracy(run_dir),
         "rlg_applicable": float((attacks[attacks["attack"] == "rlg"]["status"] == "ok").mean()),
+        "rlg_f1_leak": float(all_rlg["f1"].mean()) if len(all_rlg) else None,
+        "rlg_f1_leak_last": float(all_rlg[all_rlg["round"] == last]["f1"].mean())
+        if len(all_rlg)
+        else None,
         "rlg": {k: float(rlg[k].mean()) for k in RLG if k in rlg and len(rlg)},
         "rlg_last": {
             k: float(rlg[rlg["round"] == last][k].mean()) for k in RLG if k in rlg and len(rlg)
@@ -142,6 +151,8 @@ def summarise(records: list[dict]) -> list[dict]:
             row[f"rlg_{k}"] = stat([r["rlg"].get(k) for r in mine])
             row[f"rlg_{k}_last"] = stat([r["rlg_last"].get(k) for r in mine])
         row["rlg_applicable"] = stat([r["rlg_applicable"] for r in mine])
+        row["rlg_f1_leak"] = stat([r.get("rlg_f1_leak") for r in mine])
+        row["rlg_f1_leak_last"] = stat([r.get("rlg_f1_leak_last") for r in mine])
         row["yin_f1"] = stat([r["yin_f1"] for r in mine])
         row["yin_f1_last"] = stat([r["yin_f1_last"] for r in mine])
         if any("dp_epsilon_max" in r for r in mine):
@@ -160,19 +171,19 @@ def _cell(s, digits=3) -> str:
 
 def print_table(rows: list[dict]) -> str:
     """The README table (markdown), printed and returned."""
-    head = ("| defense | test acc. | RLG F1 (all rounds) | RLG F1 last round | RLG exact | "
-            "RLG count L1 | Yin F1 | RLG applies | ε (δ=1e-5) |")  # fmt: skip
-    lines = [head, "|" + "---|" * 9]
+    head = ("| defense | test acc. | RLG leakage F1 (all rounds) | last round | RLG F1 where it "
+            "answers | RLG exact | RLG count L1 | RLG answers | Yin F1 | ε (δ=1e-5) |")  # fmt: skip
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['name']} | failed: {r['error'][0]} |" + " |" * 7)
+            lines.append(f"| {r['name']} | failed: {r['error'][0]} |" + " |" * 8)
             continue
         eps = _cell(r.get("dp_epsilon"), 0) if r.get("dp_epsilon") else "–"
         lines.append(
-            f"| {r['name']} | {_cell(r['accuracy'])} | {_cell(r['rlg_f1'], 2)} | "
-            f"{_cell(r['rlg_f1_last'], 2)} | {_cell(r['rlg_exact'], 2)} | "
-            f"{_cell(r['rlg_count_l1'], 2)} | {_cell(r['yin_f1'], 2)} | "
-            f"{_cell(r['rlg_applicable'], 2)} | {eps} |"
+            f"| {r['name']} | {_cell(r['accuracy'])} | {_cell(r.get('rlg_f1_leak'), 2)} | "
+            f"{_cell(r.get('rlg_f1_leak_last'), 2)} | {_cell(r['rlg_f1'], 2)} | "
+            f"{_cell(r['rlg_exact'], 2)} | {_cell(r['rlg_count_l1'], 2)} | "
+            f"{_cell(r['rlg_applicable'], 2)} | {_cell(r['yin_f1'], 2)} | {eps} |"
         )
     text = "\n".join(lines)
     print(text)
@@ -200,16 +211,16 @@ def figure(rows: list[dict], records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    good = [r for r in rows if "error" not in r and r["rlg_f1"] is not None]
+    good = [r for r in rows if "error" not in r and r.get("rlg_f1_leak") is not None]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.6))
-    points = [(r["accuracy"]["mean"], r["rlg_f1"]["mean"]) for r in good]
+    points = [(r["accuracy"]["mean"], r["rlg_f1_leak"]["mean"]) for r in good]
     front = set(pareto(points))
     for i, (r, (acc, f1)) in enumerate(zip(good, points)):
         ax.scatter(f1, acc, s=60 if i in front else 30, marker="o" if i in front else "x")
         ax.annotate(r["name"], (f1, acc), fontsize=7, xytext=(4, 2), textcoords="offset points")
     line = sorted((points[i][1], points[i][0]) for i in front)
     ax.plot([p[0] for p in line], [p[1] for p in line], "k--", lw=1, label="Pareto front")
-    ax.set_xlabel("RLG F1 (label-set leakage, mean over rounds and clients)")
+    ax.set_xlabel("RLG F1 (label-set leakage; not applicable = 0; mean over rounds, clients)")
     ax.set_ylabel("final test accuracy")
     ax.set_title("Privacy-utility: each defense and strength")
     ax.legend(fontsize=8)
@@ -223,7 +234,7 @@ def figure(rows: list[dict], records: list[dict], path: Path) -> None:
             xs, [curve[str(x)] if str(x) in curve else curve[x] for x in xs], label=r["name"], lw=1
         )
     bx.set_xlabel("round")
-    bx.set_ylabel("RLG F1 (mean over the round's clients)")
+    bx.set_ylabel("RLG F1 (round mean; not applicable = 0)")
     bx.set_title("Leakage against round (first seed)")
     bx.legend(fontsize=6, ncol=2)
     fig.tight_layout()
@@ -239,13 +250,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU each)")
     ap.add_argument("--only", default=None, help="comma-separated grid names (default: all)")
     ap.add_argument("--figure-only", action="store_true", help="redraw from the saved JSON")
+    ap.add_argument(
+        "--recollect", action="store_true",
+        help="re-read the saved JSON's run directories (still on disk), then redraw",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     name = "privacy_utility_quick.json" if args.quick else "privacy_utility.json"
     path = RESULTS / name
-    if args.figure_only:
+    if args.figure_only or args.recollect:
         if not path.exists():
             sys.exit(f"{path} does not exist: run `python bench/privacy_utility.py` first")
         saved = json.loads(path.read_text())
+        if args.recollect:
+            for record in saved["runs"]:
+                if "run_dir" in record:
+                    record.update(collect(Path(record["run_dir"])))
+            saved["rows"] = summarise(saved["runs"])
+            path.write_text(json.dumps(saved, indent=1, default=float))
         print_table(saved["rows"])
         figure(saved["rows"], saved["runs"], path.with_suffix(".png"))
         return
