@@ -33,6 +33,8 @@ __all__ = ["CLIENT_STATE", "make_defense_mod"]
 _STATE_KEY = "defense-state"
 CLIENT_STATE = "client_state"  # the folder of the clients' saved defense state in a run directory
 _ROUND_FILE = re.compile(r"round_(\d+)\.pt")
+# The keys the mod writes into the state itself each round (read-only for the defense).
+READ_ONLY_KEYS = frozenset({"partition_id", "round", "lr", "local_steps", "batch_size"})
 
 
 def _saved_rounds(folder: Path) -> dict[int, Path]:
@@ -60,8 +62,8 @@ def _save_state(context: Context, state: dict, folder: Path | None, round_: int)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     context.state[_STATE_KEY] = ConfigRecord({"blob": buffer.getvalue()})
-    if folder is None:
-        return
+    if folder is None or set(state) <= READ_ONLY_KEYS:
+        return  # a stateless defense (only the keys the mod sets) needs no file to resume
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f"round_{round_:06d}.tmp"
     tmp.write_bytes(buffer.getvalue())

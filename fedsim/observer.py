@@ -95,9 +95,7 @@ class Observer:
             client = partition_of.get(node, -1)
             if reply.has_error():
                 counts["failures"] += 1
-                reason = plain_error(reply.error.reason)
-                self._client_row(round_, client, "error", reason[:4000])
-                log.warning("round %d: client %d failed: %s", round_, client, reason.split("\n")[0])
+                self._error_row(round_, client, "error", reply.error.reason, "failed")
                 continue
             truth = None
             if "audit" in reply.content:
@@ -132,8 +130,7 @@ class Observer:
             self._attack(view, truth)
         late = sorted(partition_of.get(n, -1) for n in sent if n not in answered)
         for client in late:
-            self._client_row(round_, client, "timeout", "no reply before the round's timeout")
-            log.warning("round %d: client %d did not reply in time", round_, client)
+            self._timeout_row(round_, client)
         self.stats[round_] = RoundStats(clients=len(sent), timeouts=len(late), **counts)
         return keep
 
@@ -172,13 +169,10 @@ class Observer:
                 reason = errors[client]
                 status = "non_finite" if NON_FINITE_MARK in reason else "error"
                 counts["non_finite" if status == "non_finite" else "failures"] += 1
-                self._client_row(round_, client, status, reason[-2000:])
-                log.warning("round %d: client %d has no update in the sum: %s", round_, client,
-                            reason.splitlines()[-1] if reason else "")  # fmt: skip
+                self._error_row(round_, client, status, reason, "has no update in the sum")
             else:
                 timeouts += 1
-                self._client_row(round_, client, "timeout", "no reply before the round's timeout")
-                log.warning("round %d: client %d did not reply in time", round_, client)
+                self._timeout_row(round_, client)
         self.stats[round_] = RoundStats(clients=len(sampled), timeouts=timeouts, **counts)
         if after is None or not replies:
             return
@@ -198,6 +192,17 @@ class Observer:
         for row in self.runner.run(view, truth):
             self.log.add("attacks", **row)
         self.log.declare_scores(self.runner.scores)
+
+    def _error_row(self, round_: int, client: int, status: str, reason: str, what: str) -> None:
+        """A client's error row (plain text, exception first, kept to 4,000 characters from the
+        start so the headline survives) and one warning line naming the exception."""
+        text = plain_error(reason)
+        self._client_row(round_, client, status, text[:4000])
+        log.warning("round %d: client %d %s: %s", round_, client, what, text.split("\n")[0])
+
+    def _timeout_row(self, round_: int, client: int) -> None:
+        self._client_row(round_, client, "timeout", "no reply before the round's timeout")
+        log.warning("round %d: client %d did not reply in time", round_, client)
 
     def _client_row(
         self, round_: int, client: int, status: str, message: str, metrics=None

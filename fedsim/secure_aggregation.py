@@ -54,7 +54,6 @@ from flwr.supercore.run import Run
 from fedcore import Truth
 from fedsim.audit import decode_truth
 from fedsim.config import ConfigError
-from fedsim.errors import plain_error
 from fedsim.factory import build_task, config_key
 from fedsim.observer import NON_FINITE_MARK, Observer
 from fedsim.schedule import lr_at_round
@@ -205,7 +204,7 @@ class _PartitionGrid(Grid):
         replies = list(self._inner.send_and_receive(messages, timeout=timeout))
         for reply in replies:
             if reply.has_error():
-                self.errors[reply.metadata.src_node_id] = plain_error(reply.error.reason)
+                self.errors[reply.metadata.src_node_id] = reply.error.reason
         return replies
 
 
