@@ -1,4 +1,5 @@
-"""Label-count baselines as plugins: LLG ("llg"), iLRG ("ilrg") and LLBG ("llbg").
+"""Label-count plugins: RLG's counts ("rlg_counts") and the baselines LLG ("llg"), iLRG ("ilrg")
+and LLBG ("llbg").
 
 Each returns a `LabelSet` with `counts` (class -> count, summing to `total_samples = N * K`, the
 server's number from the train config, never estimated), so `count_l1` and `exact` are scored.
@@ -7,7 +8,7 @@ pseudo-gradient `-update / lr`; over K local steps that is the sum of the steps'
 as N * K samples at the global model (the model's change between steps is ignored), and a
 secure aggregate of M clients as N * K * M samples whose gradients are divided by N * M. None
 applies to speech (the number of target tokens is unknown) or mixup (two labels per sample).
-The math is in `attacks.llg`, `attacks.ilrg` and `attacks.llbg`.
+The math is in `attacks.rlg_counts`, `attacks.llg`, `attacks.ilrg` and `attacks.llbg`.
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 from attacks.ilrg import ilrg_counts
 from attacks.label_counts import DummyStats, config_float, dummy_statistics, last_layer_module
+from attacks.labelset import LabelSet
 from attacks.llbg import llbg_counts
 from attacks.llg import llg_counts
+from attacks.rlg_counts import softmax_counts
 from fedcore import Finding, not_applicable
 
 if TYPE_CHECKING:
     from fedcore import ModelSpec, ServerView
 
-__all__ = ["ILRGAttack", "LLBGAttack", "LLGAttack", "count_reason"]
+__all__ = ["ILRGAttack", "LLBGAttack", "LLGAttack", "RLGCountsAttack", "count_reason"]
 
 LLG_VARIANTS = ("llg", "llg_star", "llg_plus")
 LLBG_PRIORS = ("uniform", "dummy")
@@ -196,4 +199,63 @@ class LLBGAttack:
             pbar,
             smoothing=config_float(view.train_config, "label_smoothing"),
             prior=self.prior,
+        )
+
+
+class RLGCountsAttack:
+    """RLG's label counts for any batch: RLG's label set (the finding of "rlg"), then the counts
+    that explain the bias update under the global model's softmax on the class means estimated
+    from the weight update (`attacks.rlg_counts.softmax_counts`). A count that the update does
+    not pin down is not guessed: the finding then has `counts=None` and names the reason, with
+    the pinned counts and each count's margin in its diagnostics.
+
+    Args:
+        margin: how many times worse the bias must fit when a count moves by one for the count
+            to be given.
+        use_labels: restrict the counts to RLG's label set when RLG found one (else, and when
+            RLG did not apply, every class is searched with counts >= 0).
+        max_seconds: time for the search; a search cut short gives no counts.
+    """
+
+    name = "rlg_counts"
+    requires = ("rlg",)
+
+    def __init__(
+        self, margin: float = 4.0, use_labels: bool = True, max_seconds: float = 20.0
+    ) -> None:
+        self.margin, self.use_labels = float(margin), bool(use_labels)
+        self.max_seconds = float(max_seconds)
+
+    def check(self, model: ModelSpec, train_config: Mapping[str, Any]) -> str | None:
+        if config_float(train_config, "label_smoothing") > 0:
+            return "RLG counts model one-hot targets; label smoothing is on"
+        return count_reason("RLG counts", model, train_config, needs_bias=True)
+
+    def __call__(self, view: ServerView, findings: Mapping[str, Finding]) -> Finding:
+        reason = self.check(view.model, view.train_config)
+        if reason:
+            return not_applicable(reason)
+        w, b = view.last_layer_update()
+        spec, scale = view.model, -_divisor(view) / view.lr
+        rlg = findings.get("rlg")
+        labels = None
+        usable = isinstance(rlg, LabelSet) and rlg.ok and rlg.labels
+        if self.use_labels and usable and len(rlg.labels) <= view.total_samples:
+            labels = list(rlg.labels)
+        est = softmax_counts(
+            scale * w,
+            scale * b,
+            view.global_model[spec.last_weight],
+            view.global_model[spec.last_bias],
+            view.total_samples,
+            labels,
+            margin=self.margin,
+            max_seconds=self.max_seconds,
+        )
+        found = sorted(est.estimate) if labels is None else labels
+        return LabelSet(
+            labels=tuple(int(c) for c in found),
+            num_labels=view.total_samples,
+            counts=est.counts,
+            diagnostics={"label_source": "rlg" if labels else "all classes", **est.diagnostics()},
         )

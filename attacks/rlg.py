@@ -31,7 +31,7 @@ from threadpoolctl import threadpool_limits
 
 from attacks.labelset import LabelSet
 from attacks.rlg_cone import separable_fast, separable_lp
-from attacks.rlg_rank import RowSpace, row_space
+from attacks.rlg_rank import RowSpace, one_blas_thread, row_space
 from fedcore import Finding, not_applicable
 from fedcore.tensors import to_numpy
 
@@ -114,17 +114,11 @@ def reveal_labels(
         raise ValueError(f"num_labels must be a positive int (N * K) or None, got {num_labels}")
     bias = None
     if bias_update is not None:
-        bias = to_numpy(bias_update, np.float64).ravel()
+        bias = to_numpy(bias_update, np.float64, finite=True, name="bias_update").ravel()
         if bias.shape[0] != w.shape[0]:
             raise ValueError(
                 f"bias_update has {bias.shape[0]} entries, weight_update {w.shape[0]} rows"
             )
-    if not np.all(np.isfinite(w)):
-        return not_applicable("weight update contains NaN or Inf")
-    if not np.any(w):
-        return not_applicable(
-            "weight update is all zero (no training signal, or a defense removed it)"
-        )
     search = _Search(method, rank_ratio, rank_floor, feas_tol, noise_cut, seed, max_labels)
     limit = nullcontext()
     if threads is not None:
@@ -138,11 +132,18 @@ def _reveal(
 ) -> Finding:
     """The label set of a finite, non-zero `(C, d)` update; retries at the next spectral gap
     when the first one gives no label set (S unknown)."""
-    row_sum = float(np.linalg.norm(w.sum(axis=0, dtype=np.float64)) / np.linalg.norm(w))
     after, first = 0, None
     for attempt in range(MAX_GAP_TRIES):
         space = row_space(w, num_labels, ratio=search.rank_ratio, floor=search.rank_floor,
                           seed=search.seed, after=after)  # fmt: skip
+        if space.method.startswith("failed"):
+            return not_applicable(f"weight update {space.method.removeprefix('failed: ')}")
+        if space.rank == 0 and not np.any(space.column_sums) and not np.any(w):
+            return not_applicable(
+                "weight update is all zero (no training signal, or a defense removed it)"
+            )
+        sums = space.column_sums
+        row_sum = float(np.linalg.norm(sums) / space.norm) if space.norm > 0 else 0.0
         diag: dict[str, Any] = {
             "rank": space.rank,
             "rank_method": space.method,
@@ -150,6 +151,7 @@ def _reveal(
             "rank_gap": _gap(space.singular_values, space.rank),
             "row_sum_residual": row_sum,
             "seconds_row_space": time.perf_counter() - start,
+            "seconds_stages": dict(space.seconds),
             "gap_tries": attempt + 1,
         }
         labels, reason = _labels_of(space, search, diag, start)
@@ -196,8 +198,11 @@ def _labels_of(
             "not the low-rank product a client's batch makes (a defense such as Sign-SGD, or "
             "noise); raise max_labels or set it to None to run the cone test anyway"
         )
-    labels, reason = _separable(space, search.method, search.feas_tol, search.noise_cut, diag)
+    cone_start = time.perf_counter()
+    with one_blas_thread():  # (C, r) products and r-sized fits: threads only add waiting
+        labels, reason = _separable(space, search.method, search.feas_tol, search.noise_cut, diag)
     diag["seconds"] = time.perf_counter() - start
+    diag["seconds_stages"]["cone"] = diag["seconds"] - (cone_start - start)
     if reason is None and not 0 < labels.size <= space.rank:
         reason = (
             f"{labels.size} separable classes for rank {space.rank} (expected 1..rank): "
@@ -265,7 +270,34 @@ def _counts(
         return None, "not identifiable: 1 < |L| < S and no bias update"
     if not np.any(bias):
         return None, "not identifiable: the bias update is zero"
+    spread = nonlabel_mass_spread(bias, labels, total)
+    if spread > MAX_MASS_SPREAD:
+        return None, (
+            f"not identifiable from the bias alone: the non-labels' softmax mass varies by "
+            f"{spread:.2f} of one count (a trained model); attack=rlg_counts models it"
+        )
     return counts_from_bias(bias, labels, total), "bias"
+
+
+MAX_MASS_SPREAD = 0.4  # counts: the largest spread of P_c over non-labels, in units of one count
+
+
+def nonlabel_mass_spread(bias_update: np.ndarray, labels: np.ndarray, total: int) -> float:
+    """How far `counts_from_bias`'s premise (every class gets the same softmax mass P_c) is off,
+    measured on the non-labels: max |P_c - mean P_c| over them, in units of one count's mass
+    (the labels' summed deficit / `total`). Large on a trained model: its P_c differ by class,
+    and a count read off the bias would then be a guess. 0 where every class is a label."""
+    b = np.asarray(bias_update, dtype=np.float64)
+    mask = np.zeros(b.shape[0], dtype=bool)
+    mask[np.asarray(labels)] = True
+    if mask.all():
+        return 0.0
+    grad = b if b[mask].sum() < 0 else -b
+    rest = grad[~mask]
+    unit = float(np.maximum(rest.mean() - grad[mask], 0.0).sum()) / max(total, 1)
+    if unit <= 0:
+        return float("inf")
+    return float(np.max(np.abs(rest - rest.mean()))) / unit
 
 
 def counts_from_bias_ratios(

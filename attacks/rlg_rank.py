@@ -6,28 +6,53 @@ row i of `G` (n, C) sums to zero. So every column of `W` lies in the span of the
 paper's (d, C) layout it is the row space, hence the name) and the rank r.
 
 Rank rule (when S is not given): project out the all-ones direction, take the singular values
-`s_1 >= s_2 >= ...` (of W itself when it is small, else of a Gaussian sketch `W @ Omega` whose
-size doubles until it holds at least `2 r + oversample` columns), and set
+`s_1 >= s_2 >= ...` (of W itself when it is small, else of a random sketch whose size grows
+until it holds at least `2 r + oversample` columns, or `r + oversample` with everything below r
+under the floor), and set
 
     r = the last i with s_i / s_{i+1} > ratio (default 4) and s_i > floor * eps(dtype) * s_1,
 
 counting only i below the structural rank `min(C - 1, d')` (d' = nonzero feature columns) and,
 with `after`, above `after` (the caller's retry when the first gap gave no valid label set).
+In a sketch the values below the gap must also look like noise (under the floor, or flat like
+an i.i.d. noise block: `gap_rank`), else the sketch grows: a sketch narrower than the rank
+sees only the top of the signal, where a dominant direction (ReLU features share a positive
+mean) is a gap of its own (ResNet-50, N = 100: r = 1 on 11 % of batches before this test).
 It fails when the samples' gradients are nearly dependent below that floor (then the smallest
 true singular values are lost), when the update carries noise above the floor with no clear gap
 (e.g. float32 `after - before` at a tiny learning rate; several local steps with a large
 weight norm), or when S >= min(C - 1, d) (reported by the caller as not applicable). The known S
 (`num_labels`) avoids the rule; it is capped at the numerical rank (values above the floor).
-Orthonormalisation is in float64; float32 inputs are multiplied in float32 (harmless here).
+
+Sketch path (min(C, d) >= `full_svd_below`), built to cost little more than one pass over W:
+1. right sketch X = W^T Psi (d, k), Psi (C, k) centred uniform (so X = W_c^T Psi), float32
+   products for float32 W; its first block also multiplies the all-ones vector (the column
+   sums, for the row-sum diagnostic) and shows dead features as zero rows (d').
+2. rank from the float64 Gram of X (k x k); z (d, r) = the top-r right singular vectors.
+3. one pass W z: `W_c z = basis @ R` (two Cholesky-QR passes in float64). Its error is that of
+   an exact SVD to first order (z's sketch error enters only times the noise), so no power
+   iteration is needed; a left sketch W Omega would amplify the noise by ~sqrt(d / (k - r)).
+4. noise: X's residual outside z is pure noise (no extra pass over W, `_point_noise`).
+Small dense operations run on one BLAS thread (threads only add waiting there).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.linalg import solve_triangular
+from threadpoolctl import ThreadpoolController
 
-__all__ = ["RowSpace", "gap_rank", "row_space"]
+__all__ = ["RowSpace", "gap_rank", "one_blas_thread", "row_space"]
+
+_BLAS = ThreadpoolController()
+
+
+def one_blas_thread():
+    """Context: BLAS on one thread, for small dense work (more threads only add waiting)."""
+    return _BLAS.limit(limits=1, user_api="blas")
 
 
 @dataclass(frozen=True)
@@ -46,6 +71,11 @@ class RowSpace:
             per-entry noise (std `sigma`), mapped into basis coordinates,
             `sigma * ||R^-1||_F` with `W_centred @ V_r = basis @ R`. Rows much shorter than
             this carry no reliable direction (classes the model is confident about).
+        column_sums: (d,) float64 `1^T W` (the sketch path gets it from its first pass; None
+            when the sketch failed); for the row-sum diagnostic and the all-zero check.
+        norm: ||W||_F (on the sketch path estimated from the sketch: E||W_c^T psi||^2 =
+            ||W_c||_F^2 for a centred unit Gaussian psi, to a few percent).
+        seconds: wall seconds per stage ("sketch", "rank", "basis", "noise"; "svd").
     """
 
     basis: np.ndarray
@@ -55,6 +85,9 @@ class RowSpace:
     method: str
     sketch_size: int
     point_noise: float = 0.0
+    column_sums: np.ndarray | None = None
+    norm: float = 0.0
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def gap_rank(
@@ -64,9 +97,20 @@ def gap_rank(
     ratio: float = 4.0,
     floor: float = 10.0,
     after: int = 0,
+    noise_rows: int | None = None,
 ) -> int | None:
     """The last i (1-based, after < i < limit) with sv[i-1]/sv[i] > ratio and
-    sv[i-1] > floor*eps*sv[0].
+    sv[i-1] > floor*eps*sv[0] (and, with `noise_rows`, a noise-like tail: below).
+
+    `noise_rows` (sketches only): the rows m of the sketch's noise block. Then a gap at i also
+    needs the values below it, sv[i:], to look like noise: either under the floor, or flat
+    within `ratio` times the Marchenko-Pastur spread (sqrt(m - i) + sqrt(k - i)) /
+    (sqrt(m - i) - sqrt(k - i)) of an i.i.d. (m - i, k - i) block (k = len(sv)). Why: a sketch
+    with fewer columns than the rank shows only the top of the signal, and a large leading
+    direction (ReLU/avgpool features share a positive mean, so W ~ (sum_i g_i) mean^T + ...;
+    s_1/s_2 ~ 3.5-4.4 on ResNet-50) is then a gap of its own whose tail is more signal that
+    decays by 10-30x, not noise. A full spectrum (None) has no such test: its tail is the
+    whole noise block, whose spread is unbounded when C ~ d.
 
     Returns None when no such i exists (no gap: the spectrum is all signal or all noise).
     """
@@ -74,11 +118,19 @@ def gap_rank(
     if n == 0 or sv[0] <= 0:
         return None
     head, tail = sv[: n - 1], sv[1:n]
-    big = head > floor * eps * sv[0]
+    level = floor * eps * sv[0]
+    big = head > level
     with np.errstate(divide="ignore", invalid="ignore"):
         gaps = np.where(tail > 0, head / np.where(tail > 0, tail, 1.0), np.inf) > ratio
     hits = np.flatnonzero(big & gaps)
     hits = hits[hits >= after]
+    if noise_rows is not None and hits.size:
+        k = len(sv)
+        rest = np.maximum(sv[hits + 1], level) / max(float(sv[k - 1]), level)
+        rows, cols = np.sqrt(np.maximum(noise_rows - hits - 1, 1)), np.sqrt(k - hits - 1)
+        with np.errstate(divide="ignore"):
+            spread = np.where(rows > cols, (rows + cols) / (rows - cols), np.inf)
+        hits = hits[rest <= ratio * spread]
     return int(hits[-1]) + 1 if hits.size else None
 
 
@@ -95,7 +147,6 @@ def row_space(
     oversample: int = 10,
     first_sketch: int = 64,
     full_svd_below: int = 384,
-    refine: bool = True,
     seed: int = 0,
     after: int = 0,
 ) -> RowSpace:
@@ -108,8 +159,6 @@ def row_space(
         oversample: extra sketch columns beyond S (and the `2 r + oversample` acceptance margin).
         first_sketch: sketch size of the first try when S is unknown.
         full_svd_below: use a full float64 SVD when min(C, d) is below this.
-        refine: after the sketch, one subspace iteration on the rank-r basis (two more
-            products with the update; recovers labels whose margin is below the sketch error).
         seed: seed of the Gaussian sketch.
         after: only gaps beyond this rank count (S unknown; 0: all).
     """
@@ -117,8 +166,13 @@ def row_space(
     eps = float(np.finfo(matrix.dtype).eps)
     small = min(num_classes, dim) < full_svd_below
     if small:
+        clock = _Clock()
+        if not np.all(np.isfinite(matrix)):
+            return _failed(matrix, "svd", clock.seconds)
         live = np.any(matrix != 0, axis=0)
         dense = np.asarray(matrix[:, live], dtype=np.float64)
+        col_sums = np.zeros(dim)
+        col_sums[live] = dense.sum(axis=0)
         limit = min(num_classes - 1, int(live.sum()))
         dense = dense - dense.mean(axis=0, keepdims=True)
         u, sv, _ = np.linalg.svd(dense, full_matrices=False)
@@ -128,69 +182,147 @@ def row_space(
         if r > 0 and dof > 0:
             sigma = float(np.sqrt(np.sum(sv[r:] ** 2) / dof))
             noise = sigma * float(np.sqrt(np.sum(1.0 / sv[:r] ** 2)))
-        return RowSpace(u[:, :r].copy(), sv, r, limit, "svd", 0, noise)
+        clock.stop("svd")
+        norm = float(np.sqrt(np.sum(sv**2) + col_sums @ col_sums / num_classes))
+        return RowSpace(u[:, :r].copy(), sv, r, limit, "svd", 0, noise, col_sums, norm,
+                        clock.seconds)  # fmt: skip
 
-    limit = min(num_classes - 1, dim)
+    clock = _Clock()
     rng = np.random.default_rng(seed)
     want = (
         max(first_sketch, 2 * after + oversample)
         if num_labels is None
         else int(num_labels) + oversample
     )
-    k = min(limit, want)
+    k = min(num_classes - 1, dim, want)
     blocks: list[np.ndarray] = []
-    have = 0
+    have, col_sums, live, limit = 0, None, dim, min(num_classes - 1, dim)
+    norms2: list[np.ndarray] = []
     # Gram-based singular values carry ~sqrt(eps64) absolute noise: never trust values below it.
     eps_eff = max(eps, GRAM_EPS / floor)
     while True:
-        omega = rng.standard_normal((dim, k - have)).astype(matrix.dtype)
-        blocks.append(np.asarray(matrix @ omega, dtype=np.float64))
+        # Right sketch X = W^T Psi with centred Psi (= W_c^T Psi). The first block also
+        # carries the all-ones column: W^T 1, the column sums, for free.
+        psi = rng.random((num_classes, k - have), dtype=matrix.dtype)  # 4x cheaper than normal
+        psi -= psi.mean(axis=0, dtype=matrix.dtype)
+        norms2.append(np.einsum("ij,ij->j", psi, psi, dtype=np.float64))
+        if col_sums is None:
+            psi = np.hstack([psi, np.ones((num_classes, 1), dtype=matrix.dtype)])
+        block = np.asarray(matrix.T @ psi, dtype=np.float64)  # (d, new columns)
+        clock.stop("sketch")
+        if col_sums is None:
+            block, col_sums = block[:, :-1], block[:, -1].copy()
+            if not np.all(np.isfinite(block)) or not np.all(np.isfinite(col_sums)):
+                return _failed(matrix, "sketch", clock.seconds)
+            # A dead feature (a zero column of W) gives an exactly zero row of X.
+            live = int(np.count_nonzero(np.any(block != 0, axis=1)))
+            limit = min(num_classes - 1, live)
+            k = min(k, max(limit, 1))
+            block = block[:, : k - have]
+            norms2[0] = norms2[0][: k - have]
+        blocks.append(block)
         have = k
-        y = np.hstack(blocks) if len(blocks) > 1 else blocks[0]
-        y = y - y.mean(axis=0, keepdims=True)
-        evals, vecs = np.linalg.eigh(y.T @ y)
+        x = np.hstack(blocks) if len(blocks) > 1 else blocks[0]
+        with _BLAS.limit(limits=1, user_api="blas"):  # small: threads only add waiting
+            evals, vecs = np.linalg.eigh(x.T @ x)
         evals, vecs = evals[::-1], vecs[:, ::-1]
         sv = np.sqrt(np.maximum(evals, 0.0))
+        clock.stop("rank")
+        if live == 0 or sv[0] == 0:
+            r = 0
+            break
         if num_labels is not None:
             r = _pick_rank(sv, limit, eps_eff, num_labels, ratio, floor)
             break
-        r = gap_rank(sv, k, eps_eff, ratio, floor, after)
-        if r is not None and 2 * r + oversample <= k:
+        r = gap_rank(sv, k, eps_eff, ratio, floor, after, noise_rows=live)
+        if r is not None and (
+            2 * r + oversample <= k or _settled(sv, r, k, oversample, eps_eff * floor)
+        ):
             break
-        if k >= limit:
+        if k >= limit:  # the whole spectrum: no noise-like tail needed (as for a full SVD)
+            r = gap_rank(sv, k, eps_eff, ratio, floor, after) if r is None else r
             r = limit if r is None else r
             break
-        k = min(limit, max(2 * k, 2 * (r or 0) + oversample))
-    basis = _orthonormal(y @ (vecs[:, :r] / sv[:r]))
-    noise = 0.0
-    if refine and r > 0:
-        # One subspace iteration on the r-dim basis: the sketch's noise amplification
-        # (about sqrt(k) / (sqrt(k) - sqrt(r))) drops to that of an exact SVD.
-        z, _ = np.linalg.qr(np.asarray(matrix.T @ basis.astype(matrix.dtype), dtype=np.float64))
-        y1 = np.asarray(matrix @ z.astype(matrix.dtype), dtype=np.float64)
+        k = min(limit, 2 * r + oversample if r is not None else 2 * k)
+    psi_norm2 = float(np.mean(np.concatenate(norms2)))
+    # E|W_c^T psi|^2 = ||W_c||_F^2 |psi|^2 / (C - 1) for a centred i.i.d. psi.
+    norm2 = float(np.sum(x * x)) * (num_classes - 1) / (k * psi_norm2)
+    norm = float(np.sqrt(norm2 + col_sums @ col_sums / num_classes))
+    # W_c at the rounding level of the products with W itself (e.g. equal rows; a float32 sum
+    # of C terms errs by up to ~C * eps of their size): nothing to find. A CE update is
+    # centred, so there s_1 >= ||W||_F * |psi| / sqrt(d), far above this.
+    if sv[0] <= floor * eps * np.sqrt(num_classes) * norm * np.sqrt(psi_norm2):
+        r = 0
+    r = min(r, int(np.count_nonzero(sv > 0)))
+    if r == 0:
+        return RowSpace(np.zeros((num_classes, 0)), sv, 0, limit, "sketch", k, 0.0, col_sums,
+                        norm, clock.seconds)  # fmt: skip
+    with _BLAS.limit(limits=1, user_api="blas"):
+        # (d, r): top right singular vectors (the divisor only conditions the columns; kept
+        # above sv[0] * eps64 so a denormal value cannot overflow them to inf)
+        z = _orthonormal(x @ (vecs[:, :r] / np.maximum(sv[:r], sv[0] * 2.2e-16)))
+    clock.stop("rank")
+    # One pass with the r directions: W_c z = basis @ R has the first-order accuracy of an
+    # exact SVD (z's own sketch error enters only times the noise), unlike a left sketch.
+    y1 = np.asarray(matrix @ z.astype(matrix.dtype), dtype=np.float64)
+    clock.stop("basis")
+    with _BLAS.limit(limits=1, user_api="blas"):
         y1 -= y1.mean(axis=0, keepdims=True)
-        basis = _orthonormal(_orthonormal(y1))
-        noise = _point_noise(matrix, z, y1, basis, rng)
-    return RowSpace(basis, sv, r, limit, "sketch+refine" if refine else "sketch", k, noise)
+        once, r1 = _cholesky_qr(y1)
+        basis, r2 = _cholesky_qr(once)
+        clock.stop("basis")
+        noise = _point_noise(x, z, r2 @ r1, live, psi_norm2)
+    clock.stop("noise")
+    return RowSpace(basis, sv, r, limit, "sketch", k, noise, col_sums, norm, clock.seconds)
+
+
+def _settled(sv: np.ndarray, r: int, k: int, oversample: int, level: float) -> bool:
+    """A gap at r is final before the sketch holds 2r + oversample columns when everything
+    below it is under the floor (level * s_1) in at least `oversample` columns: a sketch column
+    catches a share of every signal direction it does not yet resolve, so more signal above
+    the floor would show there (and values under the floor never count in the rank)."""
+    return r + oversample <= k and sv[r] <= level * sv[0]
+
+
+class _Clock:
+    """Seconds per stage (`seconds[name]` += time since the last stop or start)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def stop(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._last
+        self._last = now
+
+
+def _failed(matrix: np.ndarray, stage: str, seconds: dict[str, float]) -> RowSpace:
+    """A non-finite sketch: the update has NaN/Inf (or overflows float32 products)."""
+    finite = bool(np.all(np.isfinite(matrix)))
+    why = "overflows in float32 products (pass it as float64)" if finite else "contains NaN or Inf"
+    return RowSpace(np.zeros((matrix.shape[0], 0)), np.zeros(0), 0, 0, f"failed: {why}", 0,
+                    0.0, None, 0.0, {**seconds, stage: seconds.get(stage, 0.0)})  # fmt: skip
 
 
 def _point_noise(
-    matrix: np.ndarray, z: np.ndarray, y1: np.ndarray, basis: np.ndarray, rng: np.random.Generator
+    x: np.ndarray, z: np.ndarray, tri: np.ndarray, live: int, psi_norm2: float
 ) -> float:
-    """`RowSpace.point_noise` after the refinement: z (d, r) orthonormal spans W's top
-    right-singular subspace and y1 = W_c z = basis @ R. The per-entry noise std comes from the
-    float64 residual `w_c - (w_c z) z^T` of up to 512 random rows (a float32 product would
-    drown it in its own rounding)."""
-    num_classes, dim = matrix.shape
-    r = z.shape[1]
-    if dim <= r:
+    """`RowSpace.point_noise` from the right sketch X = W_c^T Psi (d, k): its part outside the
+    top-r right singular subspace z is the noise E_c^T Psi, with (live - r) * (k - r) degrees of
+    freedom and per-entry variance sigma^2 * |psi|^2 (`psi_norm2`: the mean squared column
+    norm of Psi), so no extra pass over W is needed. The residual is formed explicitly in
+    float64 (the Gram's eigenvalues are too coarse for float32 noise next to a dominant s_1).
+    `tri` is R of `W_c z = basis @ R`: a row's noise in basis coordinates has RMS norm
+    sigma * ||R^-1||_F."""
+    r, k = z.shape[1], x.shape[1]
+    dof = (live - r) * (k - r) * psi_norm2
+    if dof <= 0:
         return 0.0
-    rows = np.asarray(matrix[np.sort(rng.choice(num_classes, min(512, num_classes), False))],
-                      dtype=np.float64)  # fmt: skip
-    resid = rows - (rows @ z) @ z.T
-    sigma = float(np.sqrt(np.mean(resid * resid) * dim / (dim - r)))
+    resid = x - z @ (z.T @ x)
+    sigma = float(np.sqrt(np.sum(resid * resid) / dof))
     try:
-        inv = np.linalg.inv(basis.T @ y1)
+        inv = solve_triangular(tri, np.eye(r))
     except np.linalg.LinAlgError:
         return 0.0
     return sigma * float(np.linalg.norm(inv))
@@ -201,10 +333,29 @@ GRAM_EPS = 1e-7
 
 def _orthonormal(q: np.ndarray) -> np.ndarray:
     """One Cholesky-QR pass: q with orthonormal columns (q is already nearly orthonormal)."""
+    return _cholesky_qr(q)[0]
+
+
+def _cholesky_qr(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Q, R) with q = Q R, Q orthonormal, R (r, r) upper triangular: one Cholesky-QR pass
+    on the column-normalised q (exact to ~eps64 * cond(q D^-1)^2; run twice when q's columns
+    are far from orthogonal). Multiplies by R^-1 instead of solving C right-hand sides."""
     if q.shape[1] == 0:
-        return q
-    chol = np.linalg.cholesky(q.T @ q)
-    return np.linalg.solve(chol, q.T).T
+        return q, np.zeros((0, 0))
+    scale = np.sqrt(np.einsum("ij,ij->j", q, q))
+    scale[scale == 0] = 1.0
+    qn = q / scale
+    try:
+        chol = np.linalg.cholesky(qn.T @ qn)  # lower, qn = Q chol^T
+    except np.linalg.LinAlgError:  # numerically dependent columns: Householder QR instead
+        basis, tri = np.linalg.qr(qn)
+        return basis, tri * scale
+    inv_t = solve_triangular(chol, np.eye(len(chol)), lower=True).T
+    basis = qn @ inv_t
+    if not np.isfinite(basis).all():  # chol nearly singular: R^-1 overflowed; Householder QR
+        basis, tri = np.linalg.qr(qn)
+        return basis, tri * scale
+    return basis, chol.T * scale
 
 
 def _pick_rank(

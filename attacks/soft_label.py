@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from attacks.input_checks import check_magnitude
 from fedcore import Finding, Score, not_applicable
 from fedcore.tensors import to_numpy
 
@@ -413,12 +414,15 @@ def recover_soft_label(
         gradient is not a single sample's (rank > 1), is zero, or its rows do not sum to zero.
     """
     g_w, w, b = _checked_inputs(weight_grad, weight, bias, bias_grad, kind)
+    for array, name in ((g_w, "weight_grad"), (w, "weight"), (b, "bias")):
+        check_magnitude(array, name)
     spectrum = _rank_one(g_w, rank_tol)
     if isinstance(spectrum, Finding):
         return spectrum
     u, v, sigma, diag = spectrum
     if bias_grad is not None:
         g = to_numpy(bias_grad, np.float64, finite=True, name="bias_grad").ravel()
+        check_magnitude(g, "bias_grad")
         return _closed_form(g_w, w, b, g, kind, diag, tol, atol, hard_tol)
     prob = _Problem(w @ v, b, u, sigma)
     kinds = _SEARCH_KINDS[kind]

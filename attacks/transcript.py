@@ -45,6 +45,7 @@ import torch
 from rapidfuzz.distance import Levenshtein
 from torch import Tensor
 
+from attacks.input_checks import check_decoder_grads
 from fedcore import Finding, Score, resolve_device
 
 if TYPE_CHECKING:
@@ -688,6 +689,8 @@ def reconstruct_transcript(
     start, opts = time.perf_counter(), options or TranscriptOptions()
     if length < 1:
         raise ValueError(f"length must be >= 1 target token, got {length}")
+    params, names = dict(model.named_parameters()), parameter_names(decoder).values()
+    check_decoder_grads(decoder_grads, params, [n for n in names if n in params], opts.dtype)
     found = _run(model, decoder_grads, bow, length, decoder, opts, label_smoothing, tokenizer)
     if not (opts.fallback and bow is not None and found.distance >= opts.tol):
         return found

@@ -9,8 +9,12 @@ Setup (stated, not hidden):
   colour jitter). Their real labels span only 20 classes, so the labels of
   each batch are drawn uniformly from the 1000 classes (with repeats possible), independently of
   the images.
-- Table 1: one step, N = 10, 50, 100: RLG (S estimated from the spectrum, no oracle) vs Yin's
-  threshold rule, on the last layer's update.
+- Table 1: one step, N = 10, 50, 100, 200: RLG (S estimated from the spectrum, no oracle) vs
+  Yin's threshold rule, on the last layer's update. Only the head takes the step, so each batch
+  is its head features (the backbone's output in train mode) and labels; batch i of a cell has
+  its own generator (seed, model, N, i) and its features are cached under `--cache` (default
+  `.cache/labels_image/`, git-ignored, about 0.8 MB per 100 samples), so reruns (e.g. of the
+  rank rule) skip the slow backbone.
 - Table 3: K local steps of N samples, the whole model trained between steps (EfficientNet-B0):
   (N, K) = (4,1), (8,1), (1,4), (1,8), (2,2).
 - Table 4: EfficientNet-B0, N = 10, the update passed through Sign-SGD (lr * sign) or GradDrop
@@ -18,7 +22,12 @@ Setup (stated, not hidden):
 - A `not_applicable` RLG result counts as an empty prediction (precision, recall, F1 and exact
   match 0); its rate is shown as "n/a".
 
-Usage: `python bench/labels_image.py [--quick] [--batches 100] [--tables 1,3,4]`.
+- Table 1 on a trained model (`--tables lite0`, not in the default set): the pretrained
+  EfficientNet-lite0 (`bench/efficientnet_lite0.py`, eval mode) on 224x224 crops of the foolbox
+  samples with their true labels, N = 1 (iDLG), 10, 50, 100, with the label counts.
+
+Usage: `python bench/labels_image.py [--quick] [--batches 100] [--tables 1,3,4]
+[--models resnet50,efficientnet_b0] [--sizes 10,50,100,200] [--cache DIR|none]`.
 Writes `bench/results/labels_image[_quick].json` and prints the tables with the paper's numbers.
 """
 
@@ -29,6 +38,7 @@ import importlib.util
 import json
 import os
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +53,7 @@ from defenses.graddrop import GradDrop
 from defenses.signsgd import SignSGD
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CACHE = Path(__file__).resolve().parents[1] / ".cache" / "labels_image"  # git-ignored
 RES = 64
 LR = 0.1
 PAPER_T1 = {  # RLG F1 / Yin precision, from the RLG paper (Dang et al. 2021), Table 1
@@ -131,23 +142,144 @@ def mean_rows(rows: list[dict]) -> dict:
     return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
 
 
-def table1(images, batches, gen, models=("resnet50", "efficientnet_b0"), sizes=(10, 50, 100)):
+def head_features(model: torch.nn.Module, head: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """(N, d) float32 input of `head` for batch x, in train mode (BatchNorm on batch statistics);
+    the model's buffers (BatchNorm running statistics) are restored afterwards."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    seen: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda _m, args, _out: seen.append(args[0].detach()))
+    model.train()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        hook.remove()
+        model.load_state_dict(state)
+    return seen[0].clone()
+
+
+def head_update(head: torch.nn.Linear, h: torch.Tensor, y: torch.Tensor, lr: float = LR):
+    """One SGD step of `head` alone on features h (N, d): the (weight, bias) update
+    `after - before` in float32 -- the same numbers as `local_update(..., whole_model=False)`,
+    whose backbone gets no step."""
+    w0, b0 = head.weight.detach().clone(), head.bias.detach().clone()
+    w, b = w0.clone().requires_grad_(), b0.clone().requires_grad_()
+    loss = F.cross_entropy(F.linear(h, w, b), y)
+    gw, gb = torch.autograd.grad(loss, (w, b))
+    with torch.no_grad():
+        return (w0 - lr * gw) - w0, (b0 - lr * gb) - b0
+
+
+def cell_batch(images, name: str, n: int, i: int, seed: int, model, head, cache: Path | None):
+    """Batch i of a Table 1 cell: (head features (n, d), labels (n,)). Each batch has its own
+    generator (seed, model, N, i), so a cached batch is the batch a fresh run would draw; the
+    features are cached under `cache` (the backbone's forward is the slow part)."""
+    path = None if cache is None else cache / f"{name}_res{RES}_seed{seed}_n{n}_b{i}.pt"
+    if path is not None and path.exists():
+        got = torch.load(path)
+        return got["h"], got["y"]
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(f"{name}/{n}/{i}".encode()))
+    x = make_batch(images, n, gen)
+    y = torch.randint(0, 1000, (n,), generator=gen)
+    h = head_features(model, head, x)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"h": h, "y": y}, path.with_suffix(".part"))
+        path.with_suffix(".part").replace(path)
+    return h, y
+
+
+def table1(
+    images,
+    batches,
+    seed=0,
+    models=("resnet50", "efficientnet_b0"),
+    sizes=(10, 50, 100, 200),
+    cache: Path | None = None,
+):
     cells = []
     for name in models:
         torch.manual_seed(0)
         model, head = build(name)
         for n in sizes:
             rows, t = [], time.perf_counter()
-            for _ in range(batches):
-                x = make_batch(images, n, gen)
-                y = torch.randint(0, 1000, (n,), generator=gen)
-                dw, db = local_update(model, head, [x], [y], whole_model=False)
+            for i in range(batches):
+                h, y = cell_batch(images, name, n, i, seed, model, head, cache)
+                dw, db = head_update(head, h, y)
                 rows.append(score_pair(dw, db, sorted(set(y.tolist()))))
             cell = {"model": name, "N": n, "batches": batches, **mean_rows(rows)}
             cell["seconds"] = time.perf_counter() - t
             cell["paper"] = PAPER_T1.get((name, n), {})
             cells.append(cell)
             print_row("T1", f"{name} N={n}", cell)
+    return cells
+
+
+def table1_lite0(batches: int, seed: int = 0, sizes=(1, 10, 50, 100), cache: Path | None = CACHE):
+    """Table 1 on a trained model: EfficientNet-lite0 with its ImageNet weights (eval mode), N
+    augmented 224x224 crops of the 20 foolbox samples with their TRUE labels (19 classes, so
+    larger batches repeat classes as near-duplicate crops), one SGD step of the head. RLG, Yin,
+    iDLG (N = 1) and the label counts: RLG's own (`counts` of `reveal_labels`) and RLG's label set
+    + `attacks.rlg_counts.softmax_counts` (N known), scored as exact / given / wrong."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from efficientnet_lite0 import crop_pool, load_efficientnet_lite0
+
+    from attacks.baselines import idlg_label
+    from attacks.rlg_counts import softmax_counts
+    from fedcore import not_applicable
+
+    model = load_efficientnet_lite0()
+    feats, labels = crop_pool(model, 16, seed, cache)
+    weight, bias = model._fc.weight.detach(), model._fc.bias.detach()
+    cells = []
+    for n in sizes:
+        rng = np.random.default_rng([seed, n, 7])
+        rows, t, errors = [], time.perf_counter(), []
+        for _ in range(batches):
+            pick = rng.integers(0, len(labels), n)
+            h, y = torch.from_numpy(feats[pick]), torch.from_numpy(labels[pick]).long()
+            dw, db = head_update(model._fc, h, y)
+            truth = {int(c): int(k) for c, k in zip(*np.unique(y.numpy(), return_counts=True))}
+            try:
+                rlg = reveal_labels(dw, bias_update=db)
+            except Exception as err:  # an error in RLG is an abstention here, counted
+                rlg = not_applicable(f"error: {type(err).__name__}: {err}")
+                errors.append(rlg.message)
+            yin = yin_labels(-dw / LR)
+            found, true_set = (rlg.labels if rlg.ok else ()), sorted(truth)
+            row = {f"rlg_{k}": v for k, v in label_set_scores(found, true_set).items()}
+            row.update({f"yin_{k}": v for k, v in label_set_scores(yin.labels, true_set).items()})
+            row["rlg_not_applicable"] = float(not rlg.ok)
+            row["rlg_counts_exact"] = float(rlg.ok and rlg.counts == truth)
+            est = None
+            if rlg.ok and len(rlg.labels) <= n:
+                scale = -n / LR
+                est = softmax_counts(
+                    scale * dw, scale * db, weight, bias, n, list(rlg.labels), max_seconds=10.0
+                )
+            given = est is not None and est.counts is not None
+            row["counts_given"] = float(given)
+            row["counts_exact"] = float(given and est.counts == truth)
+            row["counts_wrong"] = float(given and est.counts != truth)
+            if n == 1:
+                row["idlg_exact"] = float(idlg_label(-dw / LR, -db / LR).labels == tuple(truth))
+            p = torch.softmax(F.linear(h, weight, bias), dim=1)
+            row["accuracy"] = float((p.argmax(1) == y).float().mean())
+            row["p_true"] = float(p[torch.arange(n), y].mean())
+            rows.append(row)
+        cell = {"model": "efficientnet_lite0", "N": n, "batches": batches, **mean_rows(rows)}
+        cell["seconds"], cell["rlg_errors"] = time.perf_counter() - t, errors
+        cells.append(cell)
+        print_row("T1", f"efficientnet_lite0 N={n}", cell)
+        print(
+            f"   counts: RLG's own exact {cell['rlg_counts_exact']:.2f} | RLG set + softmax counts "
+            f"exact {cell['counts_exact']:.2f}, given {cell['counts_given']:.2f}, wrong "
+            f"{cell['counts_wrong']:.2f} | model top-1 {cell['accuracy']:.2f}, p(true) "
+            f"{cell['p_true']:.2f}" + (f" | iDLG {cell['idlg_exact']:.2f}" if n == 1 else ""),
+            flush=True,
+        )
     return cells
 
 
@@ -219,6 +351,14 @@ def main() -> None:
     parser.add_argument("--tables", default="1,3,4")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", default="resnet50,efficientnet_b0", help="Table 1 models")
+    parser.add_argument("--sizes", default="10,50,100,200", help="Table 1 batch sizes N")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=CACHE,
+        help="folder for Table 1's head features (reused across runs); 'none' disables",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     batches = 3 if args.quick else args.batches
@@ -228,8 +368,14 @@ def main() -> None:
     start, load = time.perf_counter(), os.getloadavg()
     out = {"bench": "labels_image", "quick": args.quick, "batches": batches, "resolution": RES}
     if "1" in tables:
-        sizes = (10, 50) if args.quick else (10, 50, 100)
-        out["table1"] = table1(images, batches, gen, sizes=sizes)
+        sizes = tuple(int(n) for n in args.sizes.split(","))
+        sizes = tuple(n for n in sizes if n <= 50) if args.quick else sizes
+        cache = None if str(args.cache) == "none" else args.cache
+        models = tuple(m.strip() for m in args.models.split(","))
+        out["table1"] = table1(images, batches, args.seed, models, sizes, cache)
+    if "lite0" in tables:  # Table 1 on the pretrained EfficientNet-lite0 (true labels)
+        cache = None if str(args.cache) == "none" else args.cache
+        out["table1_lite0"] = table1_lite0(batches, args.seed, cache=cache)
     if "3" in tables:
         out["table3"] = table3(images, batches, gen)
     if "4" in tables:
@@ -237,9 +383,24 @@ def main() -> None:
     out["seconds"] = time.perf_counter() - start
     out["load_average_before"], out["load_average_after"] = load, os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / ("labels_image_quick.json" if args.quick else "labels_image.json")
-    path.write_text(json.dumps(out, indent=2))
+    name = "labels_image_lite0" if tables == {"lite0"} else "labels_image"  # own file: no clobber
+    path = RESULTS / (f"{name}_quick.json" if args.quick else f"{name}.json")
+    path.write_text(json.dumps(merge_results(path, out), indent=2))
     print(f"total {out['seconds']:.0f}s; wrote {path}")
+
+
+def merge_results(path: Path, out: dict) -> dict:
+    """`out` over the results already in `path`: tables not rerun are kept, and Table 1 cells
+    are replaced per (model, N), so a run of some cells updates only those."""
+    if not path.exists():
+        return out
+    old = json.loads(path.read_text())
+    merged = {**old, **out}
+    if "table1" in out and "table1" in old:
+        new_keys = {(c["model"], c["N"]) for c in out["table1"]}
+        kept = [c for c in old["table1"] if (c["model"], c["N"]) not in new_keys]
+        merged["table1"] = kept + out["table1"]
+    return merged
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ ground truth (labels per step, soft labels, inputs when asked) for scoring attac
 
 from __future__ import annotations
 
+import shlex
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -108,11 +109,19 @@ def build_client_app(cfg: dict, state_dir: str | Path | None = None) -> ClientAp
 def _app_for(overrides: str) -> ClientApp:
     from fedsim.config import compose_config
 
-    return build_client_app(compose_config(overrides.split()))
+    return build_client_app(compose_config(shlex.split(overrides)))
 
 
 def _deployed(msg: Message, context: Context) -> Message:
-    return _app_for(str(context.run_config.get("overrides", "")))(msg, context)
+    """Deployment: the model may come packed as one Array (`fedsim.deploy_packing`); the reply
+    is packed the same way when it did."""
+    from fedsim.deploy_packing import pack_message, unpack_message
+
+    packed = unpack_message(msg)
+    reply = _app_for(str(context.run_config.get("overrides", "")))(msg, context)
+    if packed:
+        pack_message(reply)
+    return reply
 
 
 class _LazyClientApp(ClientApp):

@@ -8,15 +8,22 @@ __all__ = ["error_headline", "plain_error"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Timeout|Failure)\b.*")
+# Flower's simulation engine wraps an error as "<class 'ray.exceptions.ActorDiedError'>:<'message".
+_WRAPPED = re.compile(r"^<class '(?:[\w.]*\.)?(\w+)'>:<'\s*(.*?)(?:'>)?$")
 
 
 def error_headline(text: str) -> str:
     """The line naming the exception ("NameError: name 'torch' is not defined"): the last line
-    that starts with an exception type, else the last non-empty line."""
+    that starts with an exception type, else Flower's wrapped one ("ActorDiedError: ..."), else
+    the last non-empty line."""
     lines = [line.strip() for line in _ANSI.sub("", str(text)).splitlines() if line.strip()]
     for line in reversed(lines):
         if _EXCEPTION.match(line):
             return line
+    for line in lines:
+        wrapped = _WRAPPED.match(line)
+        if wrapped and wrapped[2]:
+            return f"{wrapped[1]}: {wrapped[2]}"
     return lines[-1] if lines else ""
 
 

@@ -7,7 +7,8 @@ nothing it is given. Node ids are listed in partition order, so a seeded sampler
 clients on every run.
 
 It also waits for the replies itself (push, then pull every `POLL` seconds until all replies are in
-or `timeout` has passed), so that a stop signal (`fedsim.run_control`) ends the wait at once.
+or `timeout` has passed), so that a stop signal (`fedsim.run_control`) ends the wait at once, and
+logs how many replies have arrived every 10 s of a long round (`fedsim.progress`).
 """
 
 from __future__ import annotations
@@ -15,41 +16,25 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 
-from flwr.app import Message, MessageType, RecordDict
+from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 
 from fedsim.inline_grid import InlineGrid
 from fedsim.observer import Observer
+from fedsim.progress import ReplyProgress
 from fedsim.run_control import raise_if_stopping
 from fedsim.tasks.base import TrainConfig
+from fedsim.wrapped_grid import WrappedGrid
 
 __all__ = ["ObservedGrid"]
 
 POLL = 0.1  # seconds between pulls while waiting for replies
 
 
-class ObservedGrid(Grid):
+class ObservedGrid(WrappedGrid):
     def __init__(self, inner: Grid, observer: Observer, partition_of: Mapping[int, int]) -> None:
-        self._inner, self.observer, self.partition_of = inner, observer, dict(partition_of)
-
-    # Plain delegation.
-    def set_run(self, run) -> None:
-        self._inner.set_run(run)
-
-    @property
-    def run(self):
-        return self._inner.run
-
-    def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl=None
-    ):
-        return self._inner.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._inner.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._inner.pull_messages(message_ids)
+        super().__init__(inner)
+        self.observer, self.partition_of = observer, dict(partition_of)
 
     def get_node_ids(self) -> list[int]:
         """Known nodes, sorted by partition id (the order sampling draws from)."""
@@ -64,25 +49,29 @@ class ObservedGrid(Grid):
                 config = dict(m.content["config"])
                 sent[m.metadata.dst_node_id] = (m.content["arrays"], config)
                 round_ = TrainConfig.round_of(config)
-        replies = self._send_and_wait(messages, timeout)
+        replies = self._send_and_wait(messages, timeout, round_)
         if not sent:
             return replies
         train = [r for r in replies if r.metadata.src_node_id in sent]
         others = [r for r in replies if r.metadata.src_node_id not in sent]
         return self.observer.observe(round_, sent, train, self.partition_of) + others
 
-    def _send_and_wait(self, messages: list[Message], timeout: float | None) -> list[Message]:
+    def _send_and_wait(
+        self, messages: list[Message], timeout: float | None, round_: int = 0
+    ) -> list[Message]:
         raise_if_stopping()
         if isinstance(self._inner, InlineGrid):  # runs the clients itself, within the timeout
             return list(self._inner.send_and_receive(messages, timeout=timeout))
         waiting = set(self._inner.push_messages(messages))
         end = None if timeout is None else time.monotonic() + float(timeout)
         replies: list[Message] = []
+        progress = ReplyProgress(round_, len(waiting))
         while waiting:
             raise_if_stopping()
             got = list(self._inner.pull_messages(waiting))
             replies += got
             waiting -= {r.metadata.reply_to_message_id for r in got}
+            progress.update(len(replies))
             if not waiting or (end is not None and time.monotonic() >= end):
                 break
             time.sleep(POLL)

@@ -4,8 +4,10 @@
 This is the thin adapter between Flower and the Flower-free runner. For each reply it builds a
 `ServerView` (what the server really has) and, from the audit record, a `Truth` that only the
 scorer sees; the audit record is stripped from every reply, so the strategy never sees it either.
-Replies with an error or a non-finite update are logged and kept out of aggregation; clients that
-did not answer in time get a `timeout` row.
+Replies with an error, a model that does not fit the global one (other tensor names or shapes)
+or an unusable weight (`num-examples` missing, zero, negative or non-finite): an `error` row; a
+non-finite update: a `non_finite` row; all are logged and kept out of aggregation; clients that did
+not answer in time get a `timeout` row.
 
 Under secure aggregation (`defense=secagg`, `fedsim.secure_aggregation`) the server has no reply
 of its own to look at: `observe_aggregate` attacks the round's aggregate instead (one view per
@@ -15,6 +17,7 @@ round, `client = "aggregate"`), scored against the union of the clients' truths.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -27,7 +30,7 @@ from fedsim.audit import decode_truth
 from fedsim.errors import plain_error
 from fedsim.logs import RoundLog
 
-__all__ = ["Observer", "RoundStats"]
+__all__ = ["Observer", "RoundStats", "update_problem"]
 
 log = logging.getLogger("fedsim")
 
@@ -48,6 +51,58 @@ class RoundStats:
 
     def as_row(self) -> dict[str, int]:
         return asdict(self)
+
+
+def update_problem(
+    before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor]
+) -> str | None:
+    """Why the reply's model `after` cannot be averaged into the global model `before` (other
+    tensor names, other shapes), as one line starting with the exception type; None when it
+    fits."""
+    missing, extra = sorted(set(before) - set(after)), sorted(set(after) - set(before))
+    if missing or extra:
+        return (
+            f"ValueError: the reply's model has other tensors than the global model (missing "
+            f"{missing[:3]}, unexpected {extra[:3]}); not aggregated"
+        )
+    wrong = [k for k in before if tuple(after[k].shape) != tuple(before[k].shape)]
+    if wrong:
+        k = wrong[0]
+        return (
+            f"ValueError: wrong shapes in {len(wrong)} tensors (e.g. {k}: expected "
+            f"{tuple(before[k].shape)}, got {tuple(after[k].shape)}); not aggregated"
+        )
+    return None
+
+
+def _model_of(
+    reply: Message, before: Mapping[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], str | None]:
+    """The reply's model as tensors and why it cannot be aggregated (None: it can)."""
+    if "arrays" not in reply.content:
+        return {}, "ValueError: the reply carries no model (no 'arrays' record); not aggregated"
+    try:
+        after = reply.content["arrays"].to_torch_state_dict()
+    except Exception as exc:  # a reply whose arrays cannot be read
+        return {}, f"ValueError: the reply's model cannot be read ({type(exc).__name__}: {exc})"
+    return after, update_problem(before, after)
+
+
+def _metrics_of(reply: Message) -> dict[str, Any]:
+    records = list(reply.content.metric_records.values())
+    return dict(records[0]) if records else {}
+
+
+def _weight_problem(metrics: Mapping[str, Any]) -> str | None:
+    """Why the reply's "num-examples" (its weight in FedAvg's average) is unusable, or None: a
+    missing, zero, negative or non-finite weight would break or poison the average."""
+    weight = metrics.get("num-examples")
+    if isinstance(weight, int | float) and math.isfinite(weight) and weight > 0:
+        return None
+    return (
+        f"ValueError: num-examples (the update's weight in the average) must be a positive "
+        f"count, got {weight!r}; not aggregated"
+    )
 
 
 class Observer:
@@ -105,9 +160,18 @@ class Observer:
             if id(arrays) not in before_of:
                 before_of[id(arrays)] = arrays.to_torch_state_dict()
             before = before_of[id(arrays)]
-            after = reply.content["arrays"].to_torch_state_dict()
+            after, problem = _model_of(reply, before)
+            if problem:
+                counts["failures"] += 1
+                self._error_row(round_, client, "error", problem, "sent an unusable update")
+                continue
+            metrics = _metrics_of(reply)
+            problem = _weight_problem(metrics)
+            if problem:
+                counts["failures"] += 1
+                self._error_row(round_, client, "error", problem, "sent an unusable update")
+                continue
             update = {k: after[k] - before[k] for k in before}
-            metrics = dict(next(iter(reply.content.metric_records.values())))
             bad = [k for k, v in update.items() if v.is_floating_point() and not v.isfinite().all()]
             if bad:
                 counts["non_finite"] += 1
@@ -201,7 +265,12 @@ class Observer:
         log.warning("round %d: client %d %s: %s", round_, client, what, text.split("\n")[0])
 
     def _timeout_row(self, round_: int, client: int) -> None:
-        self._client_row(round_, client, "timeout", "no reply before the round's timeout")
+        self._client_row(
+            round_,
+            client,
+            "timeout",
+            "no reply: the round's timeout passed, or the node was lost (a SuperNode that stopped)",
+        )
         log.warning("round %d: client %d did not reply in time", round_, client)
 
     def _client_row(

@@ -5,14 +5,17 @@ the observer attacks each round's aggregate instead.
 
 `build_server_app(cfg, run_dir)` builds it from a plain config dict (used by the simulation
 backends); the module-level `app` composes the config from `context.run_config["overrides"]`
-(Hydra overrides) for `flwr run` and the deployment engine, and writes to `output` (or
-`outputs/deploy-<time>`).
+(Hydra overrides) for `flwr run` and the deployment engine (`fedsim-deploy run`), and writes to
+`output` (or `$FEDSIM_OUTPUTS/deploy-<time>-<run id>`), printing the run directory.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
+import shlex
+import sys
 import time
 from datetime import datetime
 from functools import partial
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
@@ -243,13 +247,69 @@ def build_server_app(
     return app
 
 
-def _deployed_main(grid: Grid, context: Context) -> None:
-    from fedsim.config import compose_config
+def _log_to_stdout() -> None:
+    """fedsim's lines (run directory, rounds, warnings) on stdout, which Flower's ServerApp
+    process forwards to `flwr run --stream` and `flwr log`; only where nothing else shows them
+    (no handler on fedsim's or the root logger: a Flower process, not Hydra or pytest)."""
+    if log.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("[fedsim] %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
-    cfg = compose_config(str(context.run_config.get("overrides", "")).split())
-    run_dir = cfg.get("output") or f"outputs/deploy-{datetime.now():%Y-%m-%d_%H-%M-%S}"
+
+def deployed_config(overrides: list[str], run_id: int) -> tuple[dict, Path]:
+    """The config and run directory of a deployed run: the composed overrides, or for `resume=`
+    the saved config with this command's `fl.rounds` (and device) as `fedsim` resumes. Without
+    `output=` the run goes to `$FEDSIM_OUTPUTS` (the SuperLink's `--outputs`, else `outputs/`
+    here) under `deploy-<time>-<run id>`, as an absolute path. Raises `ConfigError`."""
+    from fedsim.config import compose_config
+    from fedsim.simulation import check_resume, resumed_config
+
+    cfg = compose_config(overrides)
+    if cfg.get("resume"):
+        cfg, run_dir = resumed_config(cfg, check_resume(cfg, overrides))
+        return cfg, Path(run_dir).resolve()
+    if cfg.get("output"):
+        return cfg, Path(cfg["output"]).resolve()
+    outputs = Path(os.environ.get("FEDSIM_OUTPUTS") or "outputs")
+    return cfg, (outputs / f"deploy-{datetime.now():%Y-%m-%d_%H-%M-%S}-{run_id}").resolve()
+
+
+def _deployed_main(grid: Grid, context: Context) -> None:
+    """The ServerApp of `flwr run` / `fedsim-deploy run`: config errors are one line and fail the
+    run (nothing written); the run directory, with its `config.yaml`, is printed first and last."""
+    from fedsim.config import ConfigError
+    from fedsim.data.fashion_mnist import MissingDataError
+    from fedsim.deploy_packing import PackedGrid
+    from fedsim.flower_waits import shorten
+    from fedsim.inline_grid import InlineGrid
+    from fedsim.progress import device_line
+    from fedsim.simulation import _saved_round
+
+    _log_to_stdout()
+    shorten()
+    overrides = shlex.split(str(context.run_config.get("overrides", "")))
+    try:
+        cfg, run_dir = deployed_config(overrides, context.run_id)
+        device = resolve_device(cfg["device"])
+        build_attacks(cfg), build_task(cfg), build_defense(cfg)
+    except (ConfigError, MissingDataError) as exc:
+        log.error("config error: %s", exc)
+        raise ConfigError(f"config error: {exc}") from None
     audit = cfg.get("audit")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.get("resume") or _saved_round(run_dir) < int(cfg["fl"]["rounds"]):
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    log.info("run directory: %s (on this SuperLink's machine)", run_dir)
+    log.info("%s", device_line(device))
+    if not isinstance(grid, InlineGrid):  # Flower's engine: one Array per model on the wire
+        grid = PackedGrid(grid)
     run_server(grid, cfg, run_dir, audit=bool(audit) if audit is not None else False)
+    log.info(
+        "run directory: %s; continue it with: fedsim resume=%s fl.rounds=<total>", run_dir, run_dir
+    )
 
 
 app = ServerApp()

@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from fedsim.config import ConfigError
 from fedsim.defense_mod import CLIENT_STATE
 from fedsim.factory import build_attacks, build_defense, build_task, resolve_device
 from fedsim.logging_setup import tame_flower_logging
+from fedsim.progress import device_line
+from fedsim.ray_engine import EngineExitGuard, replace_dead_actors
 from fedsim.run_control import install_handlers, raise_if_stopping, stop_on_signals
 from fedsim.server_app import build_server_app
 
@@ -147,6 +150,11 @@ def _start_ray(init_args: dict) -> None:
 
     if ray.is_initialized():
         return
+    log.info(
+        "starting Ray (%d CPUs; about 15-30 s on 2 cores, the first round also starts the"
+        " clients)...", int(init_args.get("num_cpus") or os.cpu_count() or 1),
+    )  # fmt: skip
+    start = time.perf_counter()
     pythonpath = os.pathsep.join(sys.path)
     if os.environ.get("PYTHONPATH"):
         pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
@@ -155,6 +163,7 @@ def _start_ray(init_args: dict) -> None:
         runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
         **{"include_dashboard": False, **init_args},
     )
+    log.info("Ray started in %.0f s", time.perf_counter() - start)
 
 
 def run_experiment(
@@ -181,7 +190,7 @@ def run_experiment(
     run_dir = Path(run_dir)
     audit = True if cfg.get("audit") is None else bool(cfg["audit"])
     clients = int(cfg["fl"]["clients"])
-    resolve_device(cfg["device"])  # device=cuda without a GPU: a config error, now
+    device = resolve_device(cfg["device"])  # device=cuda without a GPU: a config error, now
     build_attacks(cfg)  # fail on a bad attack config now, before any client starts
     # Build the task here first: data caches (the speech corpus, its word pieces) are prepared
     # once, with progress, instead of by every Ray worker at the same time.
@@ -196,6 +205,7 @@ def run_experiment(
     holder = _ServerError()
     server_app = build_server_app(cfg, run_dir, audit, on_error=holder)
     tame_flower_logging()
+    log.info("%s", device_line(device))
     with stop_on_signals(run_dir, int(cfg["fl"]["rounds"])):
         if cfg["backend"]["name"] == "inline":
             from fedsim.inline_grid import run_inline
@@ -208,12 +218,14 @@ def run_experiment(
             _start_ray(backend_config["init_args"])
             install_handlers()  # again: ray.init replaced the SIGTERM handler
             raise_if_stopping()
-            run_simulation(
-                server_app=server_app,
-                client_app=client_app,
-                num_supernodes=clients,
-                backend_config=backend_config,
-            )
+            replace_dead_actors()  # a killed client process: a fresh actor, not failed rounds
+            with EngineExitGuard() as guard:  # a stuck client cannot hold the run's end up
+                run_simulation(
+                    server_app=guard.wrap(server_app),
+                    client_app=client_app,
+                    num_supernodes=clients,
+                    backend_config=backend_config,
+                )
         if holder.error is not None:
             raise holder.error
     return run_dir

@@ -112,3 +112,34 @@ class SleepOnClient:
         if state["partition_id"] == self.client:
             time.sleep(self.seconds)
         return update
+
+
+class KillableThenStuck:
+    """Ray faults for the fault matrix. Client `killed` writes its process id (the Ray worker's)
+    to `pid_file` the first time it trains and then sleeps `seconds`, for the test to kill that
+    process mid-round; client `stuck` sleeps `seconds` from round `stuck_round` on (stuck past the
+    round's timeout)."""
+
+    name = "killable_then_stuck"
+
+    def __init__(
+        self,
+        pid_file: str,
+        killed: int = 1,
+        stuck: int = 2,
+        stuck_round: int = 2,
+        seconds: float = 300.0,
+    ) -> None:
+        self.pid_file, self.killed, self.stuck = pid_file, killed, stuck
+        self.stuck_round, self.seconds = stuck_round, seconds
+
+    def __call__(self, update, state):
+        client = state["partition_id"]
+        if client == self.killed and not os.path.exists(self.pid_file):
+            with open(self.pid_file + ".tmp", "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(self.pid_file + ".tmp", self.pid_file)
+            time.sleep(self.seconds)
+        if client == self.stuck and state["round"] >= self.stuck_round:
+            time.sleep(self.seconds)
+        return update

@@ -10,7 +10,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attacks.rlg import counts_from_bias, counts_from_bias_ratios, reveal_labels
+from attacks.rlg import (
+    MAX_MASS_SPREAD,
+    _counts,
+    counts_from_bias,
+    counts_from_bias_ratios,
+    nonlabel_mass_spread,
+    reveal_labels,
+)
 from attacks.rlg_cone import separable_fast, separable_lp
 from attacks.rlg_rank import gap_rank, row_space
 from fedcore import Truth
@@ -114,7 +121,7 @@ def test_known_num_labels_and_large_sketch_path():
     for known in (None, 24):
         result = reveal_labels(torch.from_numpy(w), known, bias_update=b)
         assert result.ok and result.labels == truth and result.num_labels == 24
-        assert result.diagnostics["rank_method"] == "sketch+refine"
+        assert result.diagnostics["rank_method"] == "sketch"
 
 
 def test_near_duplicate_samples_keep_tiny_singular_values():
@@ -304,3 +311,99 @@ def test_bad_arguments():
         reveal_labels(np.ones((4, 3)), num_labels=0)
     with pytest.raises(ValueError, match="max_labels"):
         reveal_labels(np.ones((4, 3)), max_labels=0)
+
+
+def test_gap_rank_needs_a_noise_like_tail_in_a_sketch():
+    """A leading gap whose tail keeps decaying (more signal) is not the rank of a sketch."""
+    signal_tail = np.concatenate([[1.0], np.geomspace(0.24, 0.01, 63)])  # rank > 64
+    assert gap_rank(signal_tail, 64, eps=1.2e-7) == 1  # the plain rule takes the first gap
+    assert gap_rank(signal_tail, 64, eps=1.2e-7, noise_rows=2048) is None  # grow the sketch
+    noisy = np.concatenate([[1.0], np.geomspace(0.24, 0.01, 49), np.geomspace(5e-8, 4e-8, 14)])
+    assert gap_rank(noisy, 64, eps=1.2e-7, noise_rows=2048) == 50  # tail under the floor
+    flat = np.concatenate([np.geomspace(1.0, 0.1, 20), np.geomspace(1e-3, 7e-4, 44)])
+    assert gap_rank(flat, 64, eps=1e-16, noise_rows=2048) == 20  # a flat tail above the floor
+
+
+def relu_mean_update(rng, num_classes, dim, labels, offset=2.0, lr=0.1):
+    """Float32 update of a head on ReLU features with a shared positive mean (as after
+    ReLU + average pooling), so W ~ (sum_i g_i) mean^T dominates: s_1/s_2 ~ 4."""
+    h = np.maximum(rng.normal(size=(len(labels), dim)), 0) + offset * rng.random(dim)
+    w = (rng.normal(size=(num_classes, dim)) / np.sqrt(dim)).astype(np.float32)
+    z = h @ w.astype(np.float64).T
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    g = p.copy()
+    g[np.arange(len(labels)), labels] -= 1
+    return (w - np.float32(lr) * (g.T @ h / len(labels)).astype(np.float32)) - w
+
+
+def test_rank_beyond_the_first_sketch_with_a_dominant_direction():
+    """S = 90 > the first sketch (64) and a dominant leading direction: the rank is S on the
+    first try (no retry at a later gap), duplicates included, labels exact."""
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 1500, size=90)
+    labels[:6] = labels[6:12]  # duplicate labels: small but real singular values
+    w = relu_mean_update(rng, 1500, 512, labels)
+    space = row_space(w)
+    assert space.method == "sketch" and space.rank == 90
+    found = reveal_labels(w)
+    assert found.labels == tuple(sorted(set(labels.tolist())))
+    assert found.diagnostics["gap_tries"] == 1
+
+
+def test_small_relu_cnn_batch_of_100_has_rank_100():
+    """A real model: conv + BatchNorm (train mode) + ReLU + average pooling, 1000 classes,
+    N = 100 (the ResNet-50 Table 1 situation, in miniature)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 32, 3, padding=1),
+        torch.nn.BatchNorm2d(32),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 512, 3, padding=1),
+        torch.nn.BatchNorm2d(512),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+    )
+    head = torch.nn.Linear(512, 1000)
+    x, y = torch.randn(100, 3, 8, 8), torch.randint(0, 1000, (100,))
+    loss = torch.nn.functional.cross_entropy(head(net(x)), y)
+    gw, gb = torch.autograd.grad(loss, (head.weight, head.bias))
+    with torch.no_grad():
+        dw, db = (head.weight - 0.1 * gw) - head.weight, (head.bias - 0.1 * gb) - head.bias
+    assert row_space(dw.numpy()).rank == 100
+    found = reveal_labels(dw, bias_update=db)
+    assert found.labels == tuple(sorted(set(y.tolist()))) and found.diagnostics["gap_tries"] == 1
+
+
+def test_sketch_row_space_matches_full_svd():
+    """The right sketch + one pass: same rank and subspace as a full float64 SVD, the column
+    sums and norm of W, a comparable noise estimate, a time per stage; NaN is reported."""
+    rng = np.random.default_rng(11)
+    w, _ = sgd_update(rng, 1200, 400, [rng.integers(0, 1200, size=30)], "silu")
+    sketch, full = row_space(w), row_space(w, full_svd_below=1000)
+    assert (sketch.method, full.method) == ("sketch", "svd") and sketch.rank == full.rank == 30
+    gap = sketch.basis @ (sketch.basis.T @ full.basis) - full.basis
+    assert np.linalg.norm(gap) < 1e-6
+    np.testing.assert_allclose(sketch.column_sums, w.sum(axis=0, dtype=np.float64), atol=1e-6)
+    assert abs(sketch.norm / np.linalg.norm(w.astype(np.float64)) - 1) < 0.1
+    assert 0.5 < sketch.point_noise / full.point_noise < 2
+    assert set(sketch.seconds) == {"sketch", "rank", "basis", "noise"}
+    bad = w.copy()
+    bad[3, 5] = np.nan
+    assert row_space(bad).method.startswith("failed") and "NaN" in reveal_labels(bad).message
+    equal_rows = np.ones((1200, 400), np.float32)  # centred: float32 rounding only
+    assert "numerical rank 0" in reveal_labels(equal_rows).message
+
+
+def test_counts_withheld_when_the_non_labels_mass_varies():
+    """A trained model puts unequal softmax mass P_c on the classes; the bias then cannot give
+    counts under the equal-mass premise, so none are given (never a silent guess)."""
+    labels = np.array([1, 3])
+    even = np.array([0.5, -2.0, 0.5, -1.5, 0.5, 0.5])  # bias gradient P_c - n_c, total 4
+    assert nonlabel_mass_spread(even, labels, 4) == 0.0
+    skewed = np.array([0.05, -2.0, 1.6, -1.5, 0.05, 0.05])  # a confident wrong class (2)
+    assert nonlabel_mass_spread(skewed, labels, 4) > MAX_MASS_SPREAD
+    counts, reason = _counts(labels, 4, skewed)
+    assert counts is None and "trained model" in reason
+    assert _counts(labels, 4, even)[0] == {1: 2, 3: 2}

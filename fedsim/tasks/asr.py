@@ -49,6 +49,14 @@ class AsrTask:
     """
 
     name = "asr"
+    default_model = "fedsim.asr.model.LAS"  # the `_target_` built when no model node is given
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> AsrTask:
+        """`model=whisper_tiny` makes a `WhisperAsrTask` (Whisper's front end and tokenizer)."""
+        from fedsim.tasks.whisper_asr import WhisperAsrTask, is_whisper
+
+        model = kwargs.get("model", args[2] if len(args) > 2 else None)
+        return super().__new__(WhisperAsrTask if is_whisper(model) else cls)
 
     def __init__(
         self,
@@ -63,12 +71,16 @@ class AsrTask:
         if partition not in ("speaker", "iid"):
             raise ValueError(f"unknown partition {partition!r}; use 'speaker' or 'iid'")
         self.partition, self.seed, self.eval_utterances = partition, seed, eval_utterances
-        model = {"_target_": "fedsim.asr.model.LAS"} if model is None else model
+        model = {"_target_": self.default_model} if model is None else model
         self.model_name, self._build = model_builder(model, self.name)
         self.corpus: Corpus = load_corpus(corpus, cache_dir)
-        self.tokenizer: Tokenizer = train_tokenizer(self.corpus.text_path, vocab_size)
+        self.tokenizer = self._make_tokenizer(vocab_size)
         self.targets = [tuple(self.tokenizer.targets(u.text)) for u in self.corpus.utterances]
         self.max_target_tokens = max(map(len, self.targets))
+
+    def _make_tokenizer(self, vocab_size: int) -> Tokenizer:
+        """The word pieces, trained on the corpus's text (`vocab_size` ids incl. specials)."""
+        return train_tokenizer(self.corpus.text_path, vocab_size)
 
     # ------------------------------------------------------------------ model
     def model_spec(self) -> SpeechSpec:

@@ -1,0 +1,184 @@
+"""Flower's deployment engine for real: a SuperLink and two SuperNodes on 127.0.0.1 as processes
+(`fedsim-deploy`), fedsim submitted with `fedsim-deploy run`, the round logs checked (scored with
+`audit=true`). Insecure, with TLS (certificates made here), with a SuperNode killed mid-round,
+and a failing ServerApp (nonzero exit). The processes run without the venv on PATH (the
+`flower-superexec` fix) and each SuperNode has its own Runtime API port.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedsim.deploy_local import LocalDeployment
+from fedsim.logs import load
+
+pytestmark = [pytest.mark.deployment, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+# Small and fast: a tiny MLP, 200 test images, 2 clients; RLG scored against the clients' truth.
+FAST = ["model=mlp", "model.hidden=[32]", "task.eval_samples=200", "fl.clients=2", "device=cpu",
+        "attack=[rlg]", "audit=true"]  # fmt: skip
+RUN_TIMEOUT = 240  # seconds for one `fedsim-deploy run`
+
+
+def _env(home: Path) -> dict[str, str]:
+    """No venv on PATH (Flower must still find its helper commands), a private FLWR_HOME."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLWR_", "VIRTUAL_ENV"))}
+    env["PATH"] = "/usr/bin:/bin"
+    env["FLWR_HOME"] = str(home)
+    env["PYTHONPATH"] = str(ROOT)  # tests.plugins for the killed-SuperNode case
+    return env
+
+
+def _deployment(tmp: Path, certificates: Path | None = None) -> LocalDeployment:
+    return LocalDeployment(tmp, 2, certificates, env=_env(tmp / "flwr_home"))
+
+
+def _check_scored_rounds(run_dir: Path, rounds: int) -> None:
+    logs = load(run_dir)
+    assert list(logs.rounds["round"]) == list(range(rounds + 1))
+    assert len(logs.clients) == 2 * rounds and (logs.clients["status"] == "ok").all()
+    rlg = logs.attacks[logs.attacks["attack"] == "rlg"]
+    assert len(rlg) == 2 * rounds and (rlg["status"] == "ok").all()
+    assert rlg["f1"].notna().all() and rlg["f1"].mean() > 0.9  # scored: the clients' truth came
+    assert (run_dir / "config.yaml").exists() and (run_dir / "checkpoints" / "latest.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def insecure(tmp_path_factory):
+    with _deployment(tmp_path_factory.mktemp("insecure")) as deployment:
+        yield deployment
+
+
+def test_insecure_run_logs_scored_rounds_prints_its_directory_and_resumes(insecure, tmp_path):
+    result = insecure.run(*FAST, "fl.rounds=2")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    # Without output= the run lands in the SuperLink's --outputs, and its path is printed.
+    (run_dir,) = insecure.outputs.iterdir()
+    assert f"[fedsim] run directory: {run_dir}" in result.stdout
+    assert "[fedsim] round 2/2" in result.stdout  # fedsim's round lines reach the stream
+    _check_scored_rounds(run_dir, 2)
+    # A deployed run resumes like any other: `fedsim resume=<dir> fl.rounds=3` (here in-process,
+    # as `fedsim.cli` does it) continues from the config.yaml and checkpoint in its directory.
+    from fedsim.config import compose_config
+    from fedsim.simulation import check_resume, run_experiment
+
+    overrides = [f"resume={run_dir}", "fl.rounds=3", "backend=inline"]
+    cfg = compose_config(overrides)
+    run_experiment(cfg, run_dir, resume_changes=check_resume(cfg, overrides))
+    assert list(load(run_dir).rounds["round"]) == [0, 1, 2, 3]
+
+
+def test_a_failing_serverapp_fails_the_command(insecure, tmp_path):
+    result = insecure.run(*FAST, "fl.rounds=1", "fl.lr=abc", f"output={tmp_path / 'bad'}")
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert "[fedsim] config error:" in result.stdout and "fl.lr" in result.stdout
+    assert "finished:failed" in result.stderr
+    assert not (tmp_path / "bad").exists()  # nothing written for a config error
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    """A deployment with TLS between the SuperNodes and `flwr` and the SuperLink, certificates
+    (a CA, and a SuperLink certificate for 127.0.0.1 and localhost) made here."""
+    from fedsim.deploy_certs import make_certificates
+
+    tmp = tmp_path_factory.mktemp("tls")
+    make_certificates(tmp / "certs", ["127.0.0.1", "localhost"])
+    with _deployment(tmp, certificates=tmp / "certs") as deployment:
+        yield deployment
+
+
+def test_tls_deployment(tls, tmp_path):
+    result = tls.run(*FAST, "fl.rounds=2", f"output={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    config = (tls.tmp / "flwr_home" / "config.toml").read_text()
+    assert "root-certificates" in config and "insecure" not in config
+    _check_scored_rounds(tmp_path / "run", 2)
+
+
+def test_a_supernode_killed_mid_round(tls, tmp_path):
+    """(Last: it kills a node of the TLS deployment.) Client 1 trains, then its defense sleeps;
+    its SuperNode (with its worker) is SIGKILLed while it sleeps. The round ends at
+    `round_timeout` with a `timeout` row naming client 1, the run goes on to round 2 (client 1
+    again gone, or no longer sampled) and ends cleanly with every row kept."""
+    out = tmp_path / "run"
+    slow = ["defense._target_=tests.plugins.SleepOnClient", "+defense.client=1",
+            "+defense.seconds=60", "round_timeout=8"]  # fmt: skip
+    seen = len(tls.log("node1"))  # the log of earlier runs on this deployment
+    proc = subprocess.Popen(
+        tls.run_command(*FAST, "fl.rounds=2", *slow, f"output={out}"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=tls.env, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while "Receiving: train message" not in tls.log("node1")[seen:]:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        time.sleep(1.0)  # training done, the defense sleeping: mid-round
+        tls.kill("node1")
+        stdout, _ = proc.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stdout[-4000:]
+    logs = load(out)
+    assert list(logs.rounds["round"]) == [0, 1, 2]
+    clients = logs.clients.set_index(["round", "client"])["status"].to_dict()
+    # Round 2 samples client 1 again while the SuperLink still counts its node (about a minute).
+    assert clients.pop((2, 1), "timeout") == "timeout"
+    assert clients == {(1, 0): "ok", (1, 1): "timeout", (2, 0): "ok"}
+    rlg = logs.attacks[logs.attacks["attack"] == "rlg"]
+    assert sorted(rlg["client"]) == [0, 0] and rlg["f1"].notna().all()
+    assert np.isfinite(logs.rounds["accuracy"]).all()
+
+
+def test_feedback_lines_name_the_device_and_count_replies(caplog):
+    """Item 9's lines: the device at start, and k/n replies every `every` seconds of a round."""
+    import logging
+
+    import torch
+
+    from fedsim.progress import ReplyProgress, device_line
+
+    assert device_line(torch.device("cpu")).startswith("device: CPU, ")
+    progress = ReplyProgress(round_=3, expected=16, every=0.0)
+    with caplog.at_level(logging.INFO, logger="fedsim"):
+        progress.update(5)
+        ReplyProgress(round_=4, expected=16, every=3600.0).update(7)  # a short round: silent
+    assert [r.getMessage().split(" after")[0] for r in caplog.records] == [
+        "round 3: 5/16 client replies"
+    ]
+
+
+def test_packing_keeps_the_model_exactly():
+    """The deployed apps send a model as one Array (`fedsim.deploy_packing`): names, dtypes,
+    shapes and values come back unchanged, and an unpacked record passes through."""
+    import torch
+    from flwr.app import ArrayRecord
+
+    from fedsim.deploy_packing import pack, unpack
+
+    state = {"w": torch.randn(3, 4), "steps": torch.tensor(7), "h": torch.ones(2, dtype=torch.half)}
+    packed = pack(ArrayRecord(state))
+    assert len(packed) == 1 and unpack(ArrayRecord(state)) is None
+    # Messages to several clients may share one content: a second pack leaves it packed once.
+    from flwr.app import Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedsim.deploy_packing import pack_message
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    content = RecordDict({"arrays": ArrayRecord(state)})
+    first, second = (Message(content, dst_node_id=n, message_type="train") for n in (5, 6))
+    pack_message(first), pack_message(second)
+    assert unpack(second.content["arrays"]).to_torch_state_dict().keys() == state.keys()
+    back = unpack(packed).to_torch_state_dict()
+    assert list(back) == list(state)
+    assert all(torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in state.items())
