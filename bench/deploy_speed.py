@@ -11,6 +11,8 @@ message, Flower's 3 s / 1 s polls). Seconds per round: the median of the rounds'
 (round 1 includes start-up).
 
     python bench/deploy_speed.py [--rounds 6] [--skip-cold]  # bench/results/deploy_speed.json
+    python bench/deploy_speed.py --skip-cold --name busy fl.batch_size=32 fl.local_steps=10
+        # a heavier round (extra overrides for every backend): bench/results/deploy_speed_busy.json
 """
 
 from __future__ import annotations
@@ -50,12 +52,12 @@ def _row(name: str, run_dir: Path, wall: float, rc: int) -> dict:
     }
 
 
-def _simulation(backend: str, rounds: int, tmp: Path) -> dict:
+def _simulation(backend: str, rounds: int, tmp: Path, config: list[str]) -> dict:
     out = tmp / backend
     fedsim = str(Path(sys.executable).parent / "fedsim")
     start = time.perf_counter()
     done = subprocess.run(
-        [fedsim, *CONFIG, f"fl.rounds={rounds}", f"backend={backend}", f"output={out}"],
+        [fedsim, *config, f"fl.rounds={rounds}", f"backend={backend}", f"output={out}"],
         capture_output=True, text=True, cwd=tmp, check=False,
     )  # fmt: skip
     if done.returncode:
@@ -63,13 +65,13 @@ def _simulation(backend: str, rounds: int, tmp: Path) -> dict:
     return _row(backend, out, time.perf_counter() - start, done.returncode)
 
 
-def _deployed(cold: bool, rounds: int, tmp: Path) -> dict:
+def _deployed(cold: bool, rounds: int, tmp: Path, config: list[str]) -> dict:
     name = "deployed, cold (Flower's executor)" if cold else "deployed, warm (fedsim-deploy)"
     where = tmp / ("cold" if cold else "warm")
     out = where / "run"
     with LocalDeployment(where, nodes=2, cold=cold) as deployment:
         start = time.perf_counter()
-        done = deployment.run(*CONFIG, f"fl.rounds={rounds}", f"output={out}", timeout=3600)
+        done = deployment.run(*config, f"fl.rounds={rounds}", f"output={out}", timeout=3600)
         wall = time.perf_counter() - start
     if done.returncode:
         print(done.stdout[-3000:], done.stderr[-2000:], file=sys.stderr)
@@ -90,16 +92,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--skip-cold", action="store_true", help="skip Flower's own executor")
+    parser.add_argument("--name", default="", help="suffix of the JSON file's name")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every backend")
     args = parser.parse_args()
+    config = [*CONFIG, *args.overrides]
     load_before = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory(prefix="deploy_speed_") as tmp:
         tmp = Path(tmp)
-        rows.append(_simulation("ray", args.rounds, tmp))
-        rows.append(_simulation("inline", args.rounds, tmp))
-        rows.append(_deployed(False, args.rounds, tmp))
+        rows.append(_simulation("ray", args.rounds, tmp, config))
+        rows.append(_simulation("inline", args.rounds, tmp, config))
+        rows.append(_deployed(False, args.rounds, tmp, config))
         if not args.skip_cold:
-            rows.append(_deployed(True, args.rounds, tmp))
+            rows.append(_deployed(True, args.rounds, tmp, config))
     ray = rows[0]["per_round_s"]
     for row in rows:
         row["x_ray"] = round(row["per_round_s"] / ray, 2) if ray else None
@@ -115,10 +120,11 @@ def main() -> None:
         "load_average_before": round(load_before, 1),
         "load_average_after": round(os.getloadavg()[0], 1),
         "rounds": args.rounds,
-        "config": CONFIG,
+        "config": config,
         "rows": rows,
     }
-    path = ROOT / "bench" / "results" / "deploy_speed.json"
+    suffix = f"_{args.name}" if args.name else ""
+    path = ROOT / "bench" / "results" / f"deploy_speed{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"load average {result['load_average_before']} -> {result['load_average_after']}; {path}")
 
