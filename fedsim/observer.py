@@ -161,12 +161,8 @@ class Observer:
                 before_of[id(arrays)] = arrays.to_torch_state_dict()
             before = before_of[id(arrays)]
             after, problem = _model_of(reply, before)
-            if problem:
-                counts["failures"] += 1
-                self._error_row(round_, client, "error", problem, "sent an unusable update")
-                continue
             metrics = _metrics_of(reply)
-            problem = _weight_problem(metrics)
+            problem = problem or _weight_problem(metrics)
             if problem:
                 counts["failures"] += 1
                 self._error_row(round_, client, "error", problem, "sent an unusable update")

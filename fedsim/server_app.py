@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
@@ -286,22 +285,21 @@ def _deployed_main(grid: Grid, context: Context) -> None:
     from fedsim.flower_waits import shorten
     from fedsim.inline_grid import InlineGrid
     from fedsim.progress import device_line
-    from fedsim.simulation import _saved_round
+    from fedsim.simulation import check_buildable, saved_round, write_config
 
     _log_to_stdout()
     shorten()
     overrides = shlex.split(str(context.run_config.get("overrides", "")))
     try:
         cfg, run_dir = deployed_config(overrides, context.run_id)
-        device = resolve_device(cfg["device"])
-        build_attacks(cfg), build_task(cfg), build_defense(cfg)
+        device = check_buildable(cfg)
     except (ConfigError, MissingDataError) as exc:
         log.error("config error: %s", exc)
         raise ConfigError(f"config error: {exc}") from None
     audit = cfg.get("audit")
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not cfg.get("resume") or _saved_round(run_dir) < int(cfg["fl"]["rounds"]):
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    if not cfg.get("resume") or saved_round(run_dir) < int(cfg["fl"]["rounds"]):
+        write_config(run_dir, cfg)
     log.info("run directory: %s (on this SuperLink's machine)", run_dir)
     log.info("%s", device_line(device))
     if not isinstance(grid, InlineGrid):  # Flower's engine: one Array per model on the wire

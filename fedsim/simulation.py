@@ -139,7 +139,25 @@ def check_resume(cfg: dict, overrides: Sequence[str]) -> list[str]:
     return [k for k in keys if k in ("fl.rounds", "device") or k.split(".")[0] == "backend"]
 
 
-def _saved_round(run_dir: Path) -> int:
+def check_buildable(cfg: dict) -> torch.device:
+    """Build what can fail on the config (device, attacks, task and its data, defense) before
+    anything is written; returns the device. Raises `ConfigError` (or the data's own error).
+    The task is built here first so data caches (the speech corpus, its word pieces) are
+    prepared once, with progress, not by every Ray worker at the same time."""
+    device = resolve_device(cfg["device"])  # device=cuda without a GPU: a config error
+    build_attacks(cfg)
+    build_task(cfg)
+    build_defense(cfg)
+    return device
+
+
+def write_config(run_dir: Path, cfg: dict) -> None:
+    """`run_dir/config.yaml`: the run's resolved config (what `resume=` reads)."""
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def saved_round(run_dir: Path) -> int:
+    """The last round whose checkpoint `run_dir` holds."""
     return int(torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)["round"])
 
 
@@ -180,7 +198,7 @@ def run_experiment(
     quiet_environment()
     if cfg.get("resume"):
         cfg, run_dir = resumed_config(cfg, resume_changes)
-        done, rounds = _saved_round(run_dir), int(cfg["fl"]["rounds"])
+        done, rounds = saved_round(run_dir), int(cfg["fl"]["rounds"])
         if done >= rounds:
             log.info(
                 "nothing to do: %s already has %d rounds (fl.rounds=%d); config.yaml is left as"
@@ -190,18 +208,13 @@ def run_experiment(
     run_dir = Path(run_dir)
     audit = True if cfg.get("audit") is None else bool(cfg["audit"])
     clients = int(cfg["fl"]["clients"])
-    device = resolve_device(cfg["device"])  # device=cuda without a GPU: a config error, now
-    build_attacks(cfg)  # fail on a bad attack config now, before any client starts
-    # Build the task here first: data caches (the speech corpus, its word pieces) are prepared
-    # once, with progress, instead of by every Ray worker at the same time.
-    build_task(cfg)
-    build_defense(cfg)
+    device = check_buildable(cfg)
     state_dir = run_dir.resolve() / CLIENT_STATE
     client_app = build_client_app(cfg, state_dir=state_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.get("resume") and state_dir.exists():
         shutil.rmtree(state_dir)  # a new run in an old directory: no state from the old run
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    write_config(run_dir, cfg)
     holder = _ServerError()
     server_app = build_server_app(cfg, run_dir, audit, on_error=holder)
     tame_flower_logging()

@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import settings
 
 # Property tests draw the same examples on every run (CI must not depend on luck).
@@ -40,3 +41,13 @@ def run_fedsim(tmp_path):
         return load(run_experiment(cfg, tmp_path / name))
 
     return run
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): its
+    problems are tiny, or decoding is 6x slower on 2 threads of a loaded 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -39,13 +39,7 @@ SCALED = st.sampled_from((1.0,) * 4 + SCALES)  # ordinary scales more often
 DTYPES = ("float16", "float32", "float64", "int32", "int64")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny problems: BLAS threads only thrash on a loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _bounded(fn) -> tuple[Any, BaseException | None, float]:

@@ -39,13 +39,7 @@ def tiny_las(seed: int = 0) -> LAS:
 MODEL = tiny_las()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny problems: BLAS threads only thrash on a loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def gradients(model: LAS, target: list[int], seed: int = 0, frames: int = 60) -> dict:

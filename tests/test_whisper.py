@@ -42,12 +42,7 @@ def variables() -> dict[str, np.ndarray]:
     return parse_ct2((tiny_en_dir() / "model.bin").read_bytes()).variables
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 threads on a loaded 2-core machine decode 6x slower
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

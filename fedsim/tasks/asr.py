@@ -190,21 +190,25 @@ class AsrTask:
             out += [self.tokenizer.decode(seq) for seq in ids]
         return out
 
+    eval_batch = 16  # utterances per forward pass in `evaluate`
+
+    def _summed_loss(self, model: torch.nn.Module, chunk, device) -> tuple[float, int]:
+        """(summed teacher-forced cross-entropy, scored tokens) of a chunk of utterances."""
+        x, lengths, inp, y = self.batch(chunk, device)
+        logits = model(x, lengths, inp)
+        pad = self.tokenizer.pad_id
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=pad, reduction="sum")
+        return float(loss), int((y != pad).sum())
+
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, device: torch.device) -> dict[str, float]:
         """Token-mean teacher-forced loss and greedy WER on the evaluation subset (test split)."""
         idx = self.eval_indices()
         model.to(device).eval()
-        loss_sum, count = 0.0, 0
-        for start in range(0, len(idx), 16):
-            chunk = idx[start : start + 16]
-            x, lengths, inp, y = self.batch(chunk, device)
-            logits = model(x, lengths, inp)
-            loss_sum += float(
-                F.cross_entropy(logits.flatten(0, 1), y.flatten(),
-                                ignore_index=self.tokenizer.pad_id, reduction="sum")
-            )  # fmt: skip
-            count += int((y != self.tokenizer.pad_id).sum())
+        step = self.eval_batch
+        chunks = [idx[i : i + step] for i in range(0, len(idx), step)]
+        sums = [self._summed_loss(model, chunk, device) for chunk in chunks]
         hyps = self.transcribe(model, idx, device)
         refs = [self.corpus.utterances[int(i)].text for i in idx]
-        return {"loss": loss_sum / count, "wer": word_error_rate(refs, hyps)}
+        loss = sum(total for total, _ in sums) / sum(count for _, count in sums)
+        return {"loss": loss, "wer": word_error_rate(refs, hyps)}

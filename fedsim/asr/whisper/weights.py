@@ -88,6 +88,24 @@ def _fused(out: dict, names: list[str], v: dict, src: str) -> None:
             out[f"{name}.bias"] = b
 
 
+def _block(out: dict, v: dict, src: str, dst: str, cross: bool = False) -> None:
+    """One residual block (self-attention, cross-attention when `cross`, MLP): CTranslate2's
+    `src` variables under `Whisper`'s `dst` names."""
+    _norm(out, f"{dst}.attn_ln", v, f"{src}/self_attention/layer_norm")
+    _fused(out, [f"{dst}.attn.{n}" for n in ("query", "key", "value")], v,
+           f"{src}/self_attention/linear_0")  # fmt: skip
+    _linear(out, f"{dst}.attn.out", v, f"{src}/self_attention/linear_1")
+    if cross:
+        _norm(out, f"{dst}.cross_attn_ln", v, f"{src}/attention/layer_norm")
+        _linear(out, f"{dst}.cross_attn.query", v, f"{src}/attention/linear_0")
+        _fused(out, [f"{dst}.cross_attn.{n}" for n in ("key", "value")], v,
+               f"{src}/attention/linear_1")  # fmt: skip
+        _linear(out, f"{dst}.cross_attn.out", v, f"{src}/attention/linear_2")
+    _norm(out, f"{dst}.mlp_ln", v, f"{src}/ffn/layer_norm")
+    _linear(out, f"{dst}.mlp.0", v, f"{src}/ffn/linear_0")
+    _linear(out, f"{dst}.mlp.2", v, f"{src}/ffn/linear_1")
+
+
 def ct2_state_dict(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The CTranslate2 Whisper variables under `Whisper`'s state-dict names (arrays as stored)."""
     v, out = variables, {}
@@ -95,31 +113,12 @@ def ct2_state_dict(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     _linear(out, "encoder.conv2", v, "encoder/conv2")
     out["encoder.positional_embedding"] = v["encoder/position_encodings/encodings"]
     for i in range(_layers(v, "encoder")):
-        src, dst = f"encoder/layer_{i}", f"encoder.blocks.{i}"
-        _norm(out, f"{dst}.attn_ln", v, f"{src}/self_attention/layer_norm")
-        _fused(out, [f"{dst}.attn.{n}" for n in ("query", "key", "value")], v,
-               f"{src}/self_attention/linear_0")  # fmt: skip
-        _linear(out, f"{dst}.attn.out", v, f"{src}/self_attention/linear_1")
-        _norm(out, f"{dst}.mlp_ln", v, f"{src}/ffn/layer_norm")
-        _linear(out, f"{dst}.mlp.0", v, f"{src}/ffn/linear_0")
-        _linear(out, f"{dst}.mlp.2", v, f"{src}/ffn/linear_1")
+        _block(out, v, f"encoder/layer_{i}", f"encoder.blocks.{i}")
     _norm(out, "encoder.ln_post", v, "encoder/layer_norm")
     out["decoder.token_embedding.weight"] = v["decoder/embeddings/weight"]
     out["decoder.positional_embedding"] = v["decoder/position_encodings/encodings"]
     for i in range(_layers(v, "decoder")):
-        src, dst = f"decoder/layer_{i}", f"decoder.blocks.{i}"
-        _norm(out, f"{dst}.attn_ln", v, f"{src}/self_attention/layer_norm")
-        _fused(out, [f"{dst}.attn.{n}" for n in ("query", "key", "value")], v,
-               f"{src}/self_attention/linear_0")  # fmt: skip
-        _linear(out, f"{dst}.attn.out", v, f"{src}/self_attention/linear_1")
-        _norm(out, f"{dst}.cross_attn_ln", v, f"{src}/attention/layer_norm")
-        _linear(out, f"{dst}.cross_attn.query", v, f"{src}/attention/linear_0")
-        _fused(out, [f"{dst}.cross_attn.{n}" for n in ("key", "value")], v,
-               f"{src}/attention/linear_1")  # fmt: skip
-        _linear(out, f"{dst}.cross_attn.out", v, f"{src}/attention/linear_2")
-        _norm(out, f"{dst}.mlp_ln", v, f"{src}/ffn/layer_norm")
-        _linear(out, f"{dst}.mlp.0", v, f"{src}/ffn/linear_0")
-        _linear(out, f"{dst}.mlp.2", v, f"{src}/ffn/linear_1")
+        _block(out, v, f"decoder/layer_{i}", f"decoder.blocks.{i}", cross=True)
     _norm(out, "decoder.ln", v, "decoder/layer_norm")
     return out
 
