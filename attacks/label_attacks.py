@@ -33,8 +33,10 @@ class RLGAttack:
             model can hide from the cone test (`attacks.rlg.add_known_labels`).
         options: further keyword options of `attacks.rlg.reveal_labels`. Unless `max_labels`
             is given, S is bounded by N * K * `ModelSpec.max_labels_per_sample` when the spec
-            has one (speech: the longest target): a larger estimate (Sign-SGD on a trained
-            model) is reported as not applicable at once instead of after a minutes-long test.
+            has one (speech: the longest target), and by d / 2 (d: the layer's input size): a
+            larger estimate (Sign-SGD, or a trained model's spectrum without a gap, where the
+            rank rule lands near d) is reported as not applicable at once instead of after a
+            cone test in ~d dimensions that takes minutes.
     """
 
     name = "rlg"
@@ -66,7 +68,7 @@ class RLGAttack:
         options = dict(self.options)
         per_sample = view.model.max_labels_per_sample
         if per_sample and "max_labels" not in options:
-            options["max_labels"] = view.total_samples * int(per_sample)
+            options["max_labels"] = min(view.total_samples * int(per_sample), w.shape[1] // 2)
         found = reveal_labels(w, num_labels=num, bias_update=bias, **options)
         if self.protocol_labels:
             found = add_known_labels(found, view.model.protocol_labels)

@@ -14,8 +14,9 @@ The evaluation set: up to `--per-length` test utterances per transcript length (
 for lengths <= 50. Truth = the target tokens (pieces + eos); scores are those of `LabelSet`,
 with eos added when RLG misses it (the rlg plugin's `protocol_labels` default); the
 "w/o eos rule" columns are the paper's RLG alone. As in the plugin, `max_labels` = utterances x
-the longest target in the corpus (90 tokens at 1k pieces): a defended update whose estimated S
-is larger is scored as a failure at once instead of after a minutes-long cone test at S ~ d.
+the longest target in the corpus (90 tokens at 1k pieces), at most d / 2: an update whose
+estimated S is larger is scored as a failure at once instead of after a minutes-long cone test
+at S ~ d.
 
     python bench/asr_train.py            # checkpoints first (cached)
     python bench/asr_bow.py [--quick]    # table + bench/results/asr_bow[_quick].json
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from asr_train import checkpoint_dir
+from asr_train import checkpoint_dir, speech_task
 
 from attacks.rlg import add_known_labels, reveal_labels
 from defenses.graddrop import GradDrop
@@ -70,10 +71,27 @@ def eval_set(
     return out
 
 
-def attack_update(task, state, steps, lr, defense=None, num_labels="estimate"):
-    """Train `steps` from `state`, (defend,) run RLG on the projection update; return scores."""
+@torch.no_grad()
+def label_confidence(task, model, indices) -> dict[int, float]:
+    """Per target token of the utterances: the model's mean teacher-forced probability of it at
+    the positions where it is the target (a label the model is sure of has coefficient
+    `p - 1 ~ 0` in the projection's gradient: the reason RLG can miss it)."""
+    x, lengths, inp, y = task.batch(indices)
+    probs = torch.softmax(model(x, lengths, inp), -1)
+    p_true = probs.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    out: dict[int, list[float]] = defaultdict(list)
+    for token, p in zip(y.flatten().tolist(), p_true.flatten().tolist(), strict=True):
+        if token != task.tokenizer.pad_id:
+            out[token].append(p)
+    return {t: float(np.mean(v)) for t, v in out.items()}
+
+
+def attack_update(task, state, steps, lr, defense=None, num_labels="estimate", diagnose=False):
+    """Train `steps` from `state`, (defend,) run RLG on the projection update; return scores.
+    `diagnose`: also the model's confidence in the labels RLG found and in those it missed."""
     model = task.build_model()
     model.load_state_dict(state)
+    confidence = label_confidence(task, model, steps[0]) if diagnose else {}
     before = {k: v.clone() for k, v in model.state_dict().items()}
     _, tokens = task.sgd_steps(model, steps, lr)
     update = {k: v - before[k] for k, v in model.state_dict().items()}
@@ -83,7 +101,8 @@ def attack_update(task, state, steps, lr, defense=None, num_labels="estimate"):
     true_s = sum(len(u) for step in tokens for u in step)
     start = time.perf_counter()
     spec = task.model_spec()  # as the rlg plugin: the projection's weight and bias updates
-    bound = sum(map(len, steps)) * spec.max_labels_per_sample
+    w = update[spec.last_weight]
+    bound = min(sum(map(len, steps)) * spec.max_labels_per_sample, w.shape[1] // 2)
     found = reveal_labels(update[spec.last_weight], bias_update=update[spec.last_bias],
                           num_labels=true_s if num_labels == "true" else None,
                           max_labels=bound)  # fmt: skip
@@ -94,8 +113,13 @@ def attack_update(task, state, steps, lr, defense=None, num_labels="estimate"):
     # The plugin's default (protocol_labels): eos, in every target, is added when missed.
     found = add_known_labels(found, spec.protocol_labels)
     scores = found.score(truth) if found.ok else failed
-    return {**scores, "f1_plain": plain["f1"], "exact_plain": plain["exact"],
-            "seconds": seconds, "tokens": true_s, "ok": float(found.ok)}  # fmt: skip
+    row = {**scores, "f1_plain": plain["f1"], "exact_plain": plain["exact"],
+           "seconds": seconds, "tokens": true_s, "ok": float(found.ok)}  # fmt: skip
+    if diagnose and found.ok:
+        got = set(found.labels)
+        row["p_missed"] = [confidence[t] for t in confidence if t not in got]
+        row["p_found"] = [confidence[t] for t in confidence if t in got]
+    return row
 
 
 def progress(what: str, t0: float) -> None:
@@ -109,12 +133,21 @@ def summarise(rows: list[dict]) -> dict:
     out = {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
     out["seconds_max"] = float(np.max([r["seconds"] for r in rows]))
     out["n"] = len(rows)
+    missed = [p for r in rows for p in r.get("p_missed", [])]
+    found = [p for r in rows for p in r.get("p_found", [])]
+    if found:  # diagnosed rows: how sure the model was of the labels RLG missed and found
+        out["missed_labels"] = len(missed)
+        out["p_missed_median"] = float(np.median(missed)) if missed else None
+        out["missed_with_p_over_0.9"] = float(np.mean(np.array(missed) > 0.9)) if missed else None
+        out["p_found_median"] = float(np.median(found))
     return out
 
 
-def load_states(task: AsrTask, corpus: str, vocab: int, cache_dir) -> dict[str, dict]:
+def load_states(
+    task: AsrTask, corpus: str, vocab: int, cache_dir, model: str = "las"
+) -> dict[str, dict]:
     """Checkpoints from asr_train.py; a seeded fresh model stands in for a missing untrained one."""
-    folder = checkpoint_dir(corpus, vocab, cache_dir)
+    folder = checkpoint_dir(corpus, vocab, cache_dir, model)
     states = {}
     for name in ("untrained", "partial", "trained"):
         path = folder / f"{name}.pt"
@@ -143,7 +176,8 @@ def round_seconds(task: AsrTask, state: dict, clients: int = 4, n: int = 8, k: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 utterances per length, fewer draws")
-    parser.add_argument("--corpus", default="default")
+    parser.add_argument("--model", default="las", choices=["las", "las_whisper"])
+    parser.add_argument("--corpus", default=None, help="default: large (las_whisper), default")
     parser.add_argument("--vocab-size", type=int, default=1000)
     parser.add_argument("--per-length", type=int, default=10)
     parser.add_argument("--max-chars", type=int, default=50)
@@ -158,15 +192,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     load = "{:.2f} {:.2f} {:.2f}".format(*__import__("os").getloadavg())
-    task = AsrTask(corpus=args.corpus, vocab_size=args.vocab_size, cache_dir=args.cache_dir)
-    states = load_states(task, args.corpus, args.vocab_size, args.cache_dir)
+    task = speech_task(
+        args.model, args.corpus, vocab_size=args.vocab_size, cache_dir=args.cache_dir
+    )
+    args.corpus = task.corpus.info["options"]["size"]
+    states = load_states(task, args.corpus, args.vocab_size, args.cache_dir, args.model)
     evalset = eval_set(task, args.per_length, args.max_chars)
     seen_set = eval_set(task, args.per_length, args.max_chars, split="train")
     rng = np.random.default_rng(1)
     info = {k: v for k, v in task.corpus.info.items() if k != "options"}
     result: dict = {"args": vars(args), "load_before": load, "eval_utterances": len(evalset),
                     "corpus": info}  # fmt: skip
-    log_path = checkpoint_dir(args.corpus, args.vocab_size, args.cache_dir) / "train_log.json"
+    ckpts = checkpoint_dir(args.corpus, args.vocab_size, args.cache_dir, args.model)
+    log_path = ckpts / "train_log.json"
     train_log = (
         {r["checkpoint"]: r for r in json.loads(log_path.read_text())} if log_path.exists() else {}
     )
@@ -180,7 +218,7 @@ def main() -> None:
         train_idx = np.random.default_rng(2).choice(task.corpus.indices("train"), 40, False)
         refs = [task.corpus.utterances[i].text for i in train_idx]
         train_wer = word_error_rate(refs, task.transcribe(model, train_idx))
-        rows = [attack_update(task, state, [[i]], args.lr) for i in evalset]
+        rows = [attack_update(task, state, [[i]], args.lr, diagnose=True) for i in evalset]
         table2[name] = {**summarise(rows), "test_wer": test["wer"], "test_loss": test["loss"],
                         "train_wer_40": train_wer,
                         "train": train_log.get(name)}  # fmt: skip
@@ -189,16 +227,17 @@ def main() -> None:
         table2[f"{name}, seen"] = {**summarise(seen), "train_wer_40": train_wer}
         progress(f"table 2: {name} done", t0)
     task.eval_utterances = 64
-    # 16k pieces, untrained: scores and seconds per call.
-    task16 = AsrTask(corpus=args.corpus, vocab_size=16000, cache_dir=args.cache_dir)
-    torch.manual_seed(0)
-    state16 = task16.build_model().state_dict()
-    ev16 = evalset[:: max(1, len(evalset) // (10 if args.quick else 40))]
-    table2["untrained_16k"] = summarise(
-        [attack_update(task16, state16, [[i]], args.lr) for i in ev16]
-    )
+    # 16k pieces, untrained: scores and seconds per call (las: las_whisper ships 1k pieces).
+    if args.model == "las":
+        task16 = AsrTask(corpus=args.corpus, vocab_size=16000, cache_dir=args.cache_dir)
+        torch.manual_seed(0)
+        state16 = task16.build_model().state_dict()
+        ev16 = evalset[:: max(1, len(evalset) // (10 if args.quick else 40))]
+        table2["untrained_16k"] = summarise(
+            [attack_update(task16, state16, [[i]], args.lr) for i in ev16]
+        )
+        progress("table 2: 16k done", t0)
     result["table2"] = table2
-    progress("table 2: 16k done", t0)
 
     state = states.get("trained", states["untrained"])
     table3 = {}
@@ -228,7 +267,8 @@ def main() -> None:
 
     print_tables(result)
     OUT.mkdir(exist_ok=True)
-    path = OUT / ("asr_bow_quick.json" if args.quick else "asr_bow.json")
+    model = "" if args.model == "las" else f"_{args.model}"
+    path = OUT / f"asr_bow{model}{'_quick' if args.quick else ''}.json"
     path.write_text(json.dumps(result, indent=1, default=str))
     print(f"wrote {path}")
 

@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from asr_bow import eval_set, load_states
+from asr_train import speech_task
 
 from attacks.rlg import add_known_labels, reveal_labels
 from attacks.transcript import TranscriptOptions, decoder_gradients, reconstruct_transcript
@@ -166,7 +167,8 @@ def print_table(title: str, summary: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few utterances, short budgets")
-    parser.add_argument("--corpus", default="default")
+    parser.add_argument("--model", default="las", choices=["las", "las_whisper"])
+    parser.add_argument("--corpus", default=None, help="default: large (las_whisper), default")
     parser.add_argument("--vocab-size", type=int, default=1000)
     parser.add_argument("--large-vocab", type=int, default=16000, help="0: skip the 16k rows")
     parser.add_argument("--large-utterances", type=int, default=25)
@@ -193,12 +195,18 @@ def main() -> None:
         args.patience, args.figure_utterances, args.large_utterances = 100, 4, 4
     torch.set_num_threads(args.threads)
     load = os.getloadavg()
-    task = AsrTask(corpus=args.corpus, vocab_size=args.vocab_size, cache_dir=args.cache_dir)
+    task = speech_task(
+        args.model, args.corpus, vocab_size=args.vocab_size, cache_dir=args.cache_dir
+    )
+    args.corpus = task.corpus.info["options"]["size"]
+    if args.model != "las":
+        args.large_vocab = 0  # las_whisper's vocabulary is its checkpoint's (1k pieces)
     indices = eval_set(task, per_length=100, max_chars=50)
     rng = np.random.default_rng(0)
     indices = sorted(rng.choice(indices, min(args.utterances, len(indices)), replace=False))
-    states = load_states(task, args.corpus, args.vocab_size, args.cache_dir)
-    path = OUT / f"transcript{'_quick' if args.quick else ''}.json"
+    states = load_states(task, args.corpus, args.vocab_size, args.cache_dir, args.model)
+    model = "" if args.model == "las" else f"_{args.model}"
+    path = OUT / f"transcript{model}{'_quick' if args.quick else ''}.json"
     if args.figure_only:
         if not path.is_file():
             sys.exit(f"--figure-only merges into {path}, which does not exist: run without it")

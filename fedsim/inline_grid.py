@@ -6,7 +6,8 @@ error reply, exactly as in Flower's simulation engine, so the run goes on.
 With a `timeout` (`round_timeout`), each client runs in a daemon thread and the round waits for it
 only until the round's deadline: a client still running then sends no reply (it times out, and
 the server's observer writes its `timeout` row); its node is skipped while it is still busy. A stop
-signal (`fedsim.run_control`) is honoured between clients.
+signal (`fedsim.run_control`) is honoured between clients, and a `progress` (a
+`fedsim.progress.ReplyProgress`) hears after each client how many have replied.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedsim.progress import ReplyProgress
 from fedsim.run_control import raise_if_stopping
 
 __all__ = ["InlineGrid", "run_inline"]
@@ -88,16 +90,22 @@ class InlineGrid(Grid):
         reply.metadata.__dict__["_message_id"] = str(uuid.uuid4())
         self._replies[message.metadata.message_id] = reply
 
-    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+    def push_messages(
+        self, messages: Iterable[Message], progress: ReplyProgress | None = None
+    ) -> list[str]:
         ids = []
         for message in messages:
             raise_if_stopping()
             message = self._prepare(message)
             self._run_client(message)
             ids.append(message.metadata.message_id)
+            if progress is not None:
+                progress.update(len(ids))
         return ids
 
-    def _push_within(self, messages: Iterable[Message], timeout: float) -> list[str]:
+    def _push_within(
+        self, messages: Iterable[Message], timeout: float, progress: ReplyProgress | None = None
+    ) -> list[str]:
         """Run the clients one after another, each in a thread, until `timeout` seconds from now;
         a client not done by then gets no reply."""
         end = time.monotonic() + float(timeout)
@@ -120,15 +128,23 @@ class InlineGrid(Grid):
             thread.join(max(0.0, end - time.monotonic()))
             if thread.is_alive():
                 self._busy[node] = thread
+            elif progress is not None:
+                progress.update(sum(i in self._replies for i in ids))
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
         return [self._replies.pop(i) for i in message_ids if i in self._replies]
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):
+    def send_and_receive(
+        self,
+        messages: Iterable[Message],
+        *,
+        timeout: float | None = None,
+        progress: ReplyProgress | None = None,
+    ):
         if timeout is None:
-            return self.pull_messages(self.push_messages(messages))
-        return self.pull_messages(self._push_within(messages, timeout))
+            return self.pull_messages(self.push_messages(messages, progress))
+        return self.pull_messages(self._push_within(messages, timeout, progress))
 
 
 def run_inline(server_app, client_app: ClientApp, num_nodes: int) -> None:

@@ -60,12 +60,12 @@ class ObservedGrid(WrappedGrid):
         self, messages: list[Message], timeout: float | None, round_: int = 0
     ) -> list[Message]:
         raise_if_stopping()
+        progress = ReplyProgress(round_, len(messages))
         if isinstance(self._inner, InlineGrid):  # runs the clients itself, within the timeout
-            return list(self._inner.send_and_receive(messages, timeout=timeout))
+            return list(self._inner.send_and_receive(messages, timeout=timeout, progress=progress))
         waiting = set(self._inner.push_messages(messages))
         end = None if timeout is None else time.monotonic() + float(timeout)
         replies: list[Message] = []
-        progress = ReplyProgress(round_, len(waiting))
         while waiting:
             raise_if_stopping()
             got = list(self._inner.pull_messages(waiting))

@@ -3,7 +3,8 @@
 # Root on Debian/Ubuntu: installs what is missing. Otherwise: prints the exact command and goes on.
 set -u
 PACKAGES=(dataset-fashion-mnist flite sox bible-kjv pocketsphinx-testdata
-          asterisk-core-sounds-en asterisk-core-sounds-en-g722)
+          asterisk-core-sounds-en asterisk-core-sounds-en-g722
+          festival festvox-kdlpc16k espeak-ng)  # the last three: held-out test voices
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

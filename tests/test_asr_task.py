@@ -163,7 +163,7 @@ def test_inline_run_logs_bag_of_words_scores(tmp_path, tmp_path_factory):
 
     cache = tmp_path_factory.getbasetemp() / "fedsim-asr"
     cfg = compose_config(
-        ["backend=inline", "task=asr", "task.corpus=tiny", f"task.cache_dir={cache}",
+        ["backend=inline", "task=asr", "model=las", "task.corpus=tiny", f"task.cache_dir={cache}",
          "task.eval_utterances=2", "fl.clients=2", "fl.rounds=1", "fl.batch_size=1",
          "fl.lr=0.05", "attack=[rlg]", "device=cpu"]
     )  # fmt: skip

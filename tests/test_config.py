@@ -52,7 +52,7 @@ def _error(*overrides: str) -> str:
         (["fl.keep_inputs=maybe"], ["fl.keep_inputs must be true or false"]),
         (["backend.num_cpus=x"], ["backend.num_cpus must be an integer or null, got 'x'"]),
         (["task=asr", "model=resnet18"],
-         ["model resnet18 is an image model; task=asr takes model=las"]),
+         ["model resnet18 is an image model; task=asr takes model=las_whisper"]),
         (["model=las"], ["model las is an asr model; task=image takes model=small_cnn"]),
     ],
 )  # fmt: skip

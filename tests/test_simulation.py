@@ -348,3 +348,28 @@ def test_dropout_runs_are_reproducible(tmp_path):
             load(run_experiment(cfg, tmp_path / str(seed))).clients["train_loss"].tolist()
         )
     assert losses[0] == losses[1]
+
+
+def test_inline_rounds_report_replies_while_they_run(caplog):
+    """The inline backend runs clients one after another: a long round logs "k/n client
+    replies" as clients finish (every `every` seconds), with or without a round timeout."""
+    import logging
+
+    from flwr.app import Message, RecordDict
+
+    from fedsim.inline_grid import InlineGrid
+    from fedsim.progress import ReplyProgress
+
+    grid = InlineGrid(lambda message, context: Message(RecordDict(), reply_to=message), 3)
+    for timeout in (None, 60.0):
+        messages = [
+            grid.create_message(RecordDict(), "train", node, "1") for node in grid.get_node_ids()
+        ]
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="fedsim"):
+            replies = grid.send_and_receive(
+                messages, timeout=timeout, progress=ReplyProgress(2, 3, every=0.0)
+            )
+        assert len(replies) == 3
+        lines = [r.getMessage().split(" after")[0] for r in caplog.records]
+        assert lines == [f"round 2: {k}/3 client replies" for k in (1, 2, 3)]

@@ -155,12 +155,12 @@ def test_whisper_tiny_task_update_gives_the_bow(tmp_path_factory):
     predicted confidently, gives its tokens input gradients near the noise.)"""
     from attacks.tied_bow_attack import TiedBowAttack
     from fedcore import ServerView, frozen_tensors
-    from fedsim.tasks.asr import AsrTask
+    from fedsim.tasks.asr_tasks import asr_task
     from fedsim.tasks.base import TrainConfig
     from fedsim.tasks.whisper_asr import WhisperAsrTask
 
     node = {"_target_": "fedsim.asr.whisper.finetune.whisper_tiny", "task": "asr"}
-    task = AsrTask(corpus="tiny", model=node, eval_utterances=2,
+    task = asr_task(corpus="tiny", model=node, eval_utterances=2,
                    cache_dir=str(tmp_path_factory.getbasetemp() / "fedsim-asr"))  # fmt: skip
     assert isinstance(task, WhisperAsrTask)
     spec = task.model_spec()

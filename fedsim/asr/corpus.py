@@ -7,12 +7,17 @@ Sources (Debian packages, all offline):
 - `pocketsphinx-testdata`: 5 LibriVox sentences (16 kHz wav).
 - `flite` voices slt, rms, awb, kal16 at several speeds (duration stretch), reading clauses of the
   King James Bible (`bible-kjv`, public domain).
+- Held-out voices (`fedsim.asr.voices`: festival `ked`, piper `joe`, espeak-ng) reading KJV
+  clauses that no other utterance reads: the unseen-voice test splits `test-<voice>`.
 
 `build_corpus` synthesises, decodes and featurises once into `<cache>/asr/<size>/` (cache:
 `$FEDSIM_CACHE` or `~/.cache/fedsim`); `load_corpus` reuses it. Features: 40 log-mel bands, 25 ms
-windows every 10 ms, normalised per utterance (zero mean, unit variance per band), stored float16.
-Speaker ids: "allison", "librivox", "flite-<voice>-<stretch>" (14 in the default corpus), kept
-for non-IID partitions. Run `python -m fedsim.asr.corpus --size default` to prepare it.
+windows every 10 ms, normalised per utterance (zero mean, unit variance per band), stored float16;
+and Whisper's 80-band log-mel of the same audio (`whisper_mel.npy`, float16, `(frames, 80)`).
+Speaker ids: "allison", "librivox", "flite-<voice>-<stretch>" (14 in the default corpus), and the
+held-out voices' names, kept for non-IID partitions. Splits: "train", "test" (unseen sentences,
+seen speakers) and "test-<voice>" (unseen sentences, unseen voice). Run
+`python -m fedsim.asr.corpus --size default` to prepare it (`--size large`: 10 h, ~10 min).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -39,6 +45,7 @@ import torch
 import torchaudio
 
 from fedsim.asr.text import normalise
+from fedsim.asr.voices import HELDOUT_VOICES, check_voices, synthesize
 
 __all__ = ["SIZES", "Corpus", "Utterance", "build_corpus", "cache_root", "load_corpus", "log_mel"]
 
@@ -46,15 +53,17 @@ ALLISON = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 ALLISON_TEXT = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 SAMPLE_RATE, N_MELS, HOP = 16000, 40, 160
-FORMAT = 1  # bump when the stored layout or features change
+FORMAT = 2  # bump when the stored layout or features change
 
-# asterisk: how many prompts (None = all); flite: KJV clauses synthesised, one voice/speed each.
+# asterisk: how many prompts (None = all); flite: KJV clauses synthesised, one voice/speed each;
+# heldout: KJV clauses read by each held-out voice (unseen-voice test splits).
+_FLITE = {"voices": ("slt", "rms", "awb", "kal16"), "stretches": (0.9, 1.0, 1.15)}
 SIZES: dict[str, dict] = {
-    "tiny": {"asterisk": 8, "flite": 12, "voices": ("kal16", "awb"), "stretches": (1.0,)},
-    "small": {"asterisk": 100, "flite": 300, "voices": ("slt", "rms", "awb", "kal16"),
-              "stretches": (0.9, 1.0, 1.15)},
-    "default": {"asterisk": None, "flite": 2000, "voices": ("slt", "rms", "awb", "kal16"),
-                "stretches": (0.9, 1.0, 1.15)},
+    "tiny": {"asterisk": 8, "flite": 12, "voices": ("kal16", "awb"), "stretches": (1.0,),
+             "heldout": 0},
+    "small": {"asterisk": 100, "flite": 300, **_FLITE, "heldout": 0},
+    "default": {"asterisk": None, "flite": 2000, **_FLITE, "heldout": 0},
+    "large": {"asterisk": None, "flite": 10000, **_FLITE, "heldout": 150},  # 10.3 h of flite
 }  # fmt: skip
 
 
@@ -93,10 +102,16 @@ class Corpus:
         u = self.utterances[i]
         return np.asarray(self.features[u.offset : u.offset + u.frames], dtype=np.float32)
 
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The corpus's splits: "train", "test", then any "test-<voice>" (held-out voices)."""
+        names = {u.split for u in self.utterances} | {"train", "test"}
+        return ("train", "test", *sorted(names - {"train", "test"}))
+
     def indices(self, split: str) -> np.ndarray:
-        """Indices of the utterances of split "train" or "test"."""
-        if split not in ("train", "test"):
-            raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
+        """Indices of the utterances of `split` (one of `splits`)."""
+        if split not in self.splits:
+            raise ValueError(f"unknown split {split!r}; this corpus has {list(self.splits)}")
         return np.array([i for i, u in enumerate(self.utterances) if u.split == split], dtype=int)
 
     @property
@@ -133,7 +148,7 @@ def log_mel(wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 # ----------------------------------------------------------------------------- sources
 
 
-def _check_sources(needs_kjv: bool) -> None:
+def _check_sources(needs_kjv: bool, heldout: tuple[str, ...] = ()) -> None:
     missing = [
         f"{path} (apt-get install {pkg})"
         for path, pkg in [
@@ -148,6 +163,7 @@ def _check_sources(needs_kjv: bool) -> None:
             missing.append(f"the `{tool}` program (apt-get install {pkg})")
     if missing:
         raise ValueError("the speech corpus needs: " + "; ".join(missing))
+    check_voices(heldout)
 
 
 def _allison_prompts() -> Iterator[tuple[str, str]]:
@@ -224,6 +240,7 @@ def build_corpus(
     size: str = "default",
     cache_dir: str | os.PathLike | None = None,
     flite_utterances: int | None = None,
+    heldout_utterances: int | None = None,
     max_seconds: float = 16.0,
     test_fraction: float = 0.1,
     seed: int = 0,
@@ -235,8 +252,9 @@ def build_corpus(
 
     Args:
         flite_utterances: override the number of synthesised KJV clauses of the size.
+        heldout_utterances: override the KJV clauses per held-out voice (0: no such splits).
         max_seconds: drop longer utterances (a few long asterisk menus) to bound memory and time.
-        test_fraction: share of utterances (seeded, per utterance) in the test split (>= 1).
+        test_fraction: share of sentences (seeded hash of the text) in the test split (>= 1).
         workers: parallel flite processes.
         force: rebuild even if a matching cached build exists.
     """
@@ -245,6 +263,8 @@ def build_corpus(
     opts = dict(SIZES[size])
     if flite_utterances is not None:
         opts["flite"] = int(flite_utterances)
+    if heldout_utterances is not None:
+        opts["heldout"] = int(heldout_utterances)
     wanted = {"format": FORMAT, "size": size, "seed": seed, "max_seconds": max_seconds,
               "test_fraction": test_fraction, **{k: list(v) if isinstance(v, tuple) else v
                                                  for k, v in opts.items()}}  # fmt: skip
@@ -252,12 +272,13 @@ def build_corpus(
     info_path = root / "info.json"
     if not force and info_path.exists() and json.loads(info_path.read_text())["options"] == wanted:
         return root
-    _check_sources(needs_kjv=opts["flite"] > 0)
+    heldout = HELDOUT_VOICES if opts["heldout"] > 0 else ()
+    _check_sources(needs_kjv=opts["flite"] + opts["heldout"] > 0, heldout=heldout)
     start = time.perf_counter()
-    verses = kjv_verses() if opts["flite"] > 0 else []
+    verses = kjv_verses() if opts["flite"] + opts["heldout"] > 0 else []
     sources = _collect_sources(opts, verses, np.random.default_rng(seed))
     description = f"ASR corpus ({size})" if progress else None
-    kept, feats, dropped = _featurise(sources, workers, max_seconds, description)
+    kept, feats, mels, dropped = _featurise(sources, workers, max_seconds, description)
     utterances, n_test = _split(kept, feats, test_fraction, seed)
     info = {
         "options": wanted,
@@ -267,9 +288,10 @@ def build_corpus(
         "words": sum(len(u.text.split()) for u in utterances),
         "speakers": sorted({u.speaker for u in utterances}),
         "test_utterances": n_test,
+        "heldout_utterances": {v: sum(u.speaker == v for u in utterances) for v in heldout},
         "build_seconds": time.perf_counter() - start,
     }
-    _write(root, feats, utterances, verses, info)
+    _write(root, feats, mels, utterances, verses, info)
     return root
 
 
@@ -279,14 +301,16 @@ class _Source:
 
     uid: str
     speaker: str
-    source: str  # "asterisk", "librivox" or "flite"
+    source: str  # "asterisk", "librivox", "flite" or "heldout"
     text: str
-    how: Any  # asterisk, librivox: the file's key; flite: (text as written, voice, stretch)
+    how: Any  # asterisk, librivox: the file's key; flite: (text as written, voice, stretch);
+    # heldout: (text as written, voice)
 
 
 def _collect_sources(opts: dict, verses: list[str], rng: np.random.Generator) -> list[_Source]:
     """The asterisk prompts (a seeded sample when the size caps them), the LibriVox sentences,
-    and seeded KJV clauses, each with a seeded flite voice and speed."""
+    seeded KJV clauses, each with a seeded flite voice and speed, and for each held-out voice
+    `opts["heldout"]` further clauses that no flite utterance reads."""
     prompts = sorted(_allison_prompts())
     if opts["asterisk"] is not None:
         prompts = [prompts[i] for i in sorted(rng.permutation(len(prompts))[: opts["asterisk"]])]
@@ -303,6 +327,15 @@ def _collect_sources(opts: dict, verses: list[str], rng: np.random.Generator) ->
         sources.append(
             _Source(f"{speaker}/kjv{c:05d}", speaker, "flite", normalise(clauses[c]), how)
         )
+    rest = np.random.default_rng(rng.integers(1 << 31)).permutation(
+        np.setdiff1d(np.arange(len(clauses)), chosen)
+    )
+    for v, voice in enumerate(HELDOUT_VOICES if opts["heldout"] > 0 else ()):
+        for c in sorted(rest[v * opts["heldout"] : (v + 1) * opts["heldout"]]):
+            how = (clauses[c], voice)
+            sources.append(
+                _Source(f"{voice}/kjv{c:05d}", voice, "heldout", normalise(clauses[c]), how)
+            )
     return sources
 
 
@@ -313,18 +346,22 @@ def _wave(source: _Source, tmp: Path) -> np.ndarray:
     if source.source == "librivox":
         wave, rate = soundfile.read(LIBRIVOX / f"{source.how}.wav", dtype="float32")
         return _resample(wave, rate)
+    if source.source == "heldout":
+        return synthesize(*source.how, tmp)
     text, voice, stretch = source.how
     return _flite(text, voice, stretch, tmp / (source.uid.replace("/", "_") + ".wav"))
 
 
 def _featurise(
     sources: list[_Source], workers: int, max_seconds: float, description: str | None
-) -> tuple[list[_Source], list[np.ndarray], int]:
-    """The sources kept and their float16 log-mel features, and how many were dropped (longer
-    than `max_seconds` or shorter than 4 hops). Waves come from `workers` threads; a progress
-    bar shows `description` unless it is None."""
+) -> tuple[list[_Source], list[np.ndarray], list[np.ndarray], int]:
+    """The sources kept, their float16 log-mel features `(frames, 40)` and Whisper log-mels
+    `(frames, 80)`, and how many were dropped (longer than `max_seconds` or shorter than 4
+    hops). Waves come from `workers` threads; a progress bar shows `description` unless None."""
+    from fedsim.asr.whisper.audio import log_mel as whisper_log_mel
+
     tmp = Path(tempfile.mkdtemp(prefix="fedsim-asr-"))
-    kept, feats, dropped = [], [], 0
+    kept, feats, mels, dropped = [], [], [], 0
     try:
         with ThreadPoolExecutor(max(1, workers)) as pool:
             waves = pool.map(lambda source: _wave(source, tmp), sources)
@@ -333,35 +370,49 @@ def _featurise(
                     dropped += 1
                     continue
                 feats.append(log_mel(wave).astype(np.float16))
+                mels.append(whisper_log_mel(wave).T.numpy().astype(np.float16))
                 kept.append(source)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return kept, feats, dropped
+    return kept, feats, mels, dropped
 
 
 def _split(
     sources: list[_Source], feats: list[np.ndarray], test_fraction: float, seed: int
 ) -> tuple[list[Utterance], int]:
     """The utterances, laid out one after another in the feature array, and the size of the
-    seeded test split (`test_fraction`, at least one)."""
-    n_test = max(1, round(test_fraction * len(sources)))
-    test = set(np.random.default_rng(seed + 1).permutation(len(sources))[:n_test].tolist())
+    test split. A sentence is "test" by its text alone (a seeded hash below `test_fraction`), so
+    it is a test sentence in every corpus size and whoever reads it: a model trained on one
+    size's train split has never seen a sentence of another size's test split (at least one
+    test utterance). Held-out voices' utterances form the split `test-<voice>`."""
+    seen = [i for i, s in enumerate(sources) if s.source != "heldout"]
+    rank = {i: zlib.crc32(f"{seed}:{sources[i].text}".encode()) / 2**32 for i in seen}
+    test = {i for i in seen if rank[i] < test_fraction} or {min(seen, key=rank.__getitem__)}
+    n_test = len(test)
     utterances, offset = [], 0
     for i, (s, f) in enumerate(zip(sources, feats, strict=True)):
-        split = "test" if i in test else "train"
+        split = f"test-{s.speaker}" if s.source == "heldout" else "test" if i in test else "train"
         utterances.append(Utterance(s.uid, s.speaker, s.source, s.text, split, offset, len(f)))
         offset += len(f)
     return utterances, n_test
 
 
 def _write(
-    root: Path, feats: list[np.ndarray], utterances: list[Utterance], verses: list[str], info: dict
+    root: Path,
+    feats: list[np.ndarray],
+    mels: list[np.ndarray],
+    utterances: list[Utterance],
+    verses: list[str],
+    info: dict,
 ) -> None:
     """Write the corpus to a private folder, then move it to `root` (replacing an old build)."""
     out = root.with_name(f"{root.name}.{os.getpid()}.partial")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     np.save(out / "features.npy", np.concatenate(feats))
+    np.save(out / "whisper_mel.npy", np.concatenate(mels))
+    offsets = np.concatenate([[0], np.cumsum([len(m) for m in mels])])
+    (out / "whisper_mel.json").write_text(json.dumps({"offsets": offsets.tolist()}))
     (out / "utterances.jsonl").write_text("".join(json.dumps(asdict(u)) + "\n" for u in utterances))
     kjv_text = [t for v in verses if (t := normalise(v))]
     (out / "text.txt").write_text("\n".join([u.text for u in utterances] + kjv_text) + "\n")
@@ -393,12 +444,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", default="default", choices=sorted(SIZES))
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--flite-utterances", type=int, default=None)
+    parser.add_argument("--heldout-utterances", type=int, default=None)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
     corpus = load_corpus(
         args.size, args.cache_dir, flite_utterances=args.flite_utterances,
-        workers=args.workers, force=args.force,
+        heldout_utterances=args.heldout_utterances, workers=args.workers, force=args.force,
     )  # fmt: skip
     info = {k: v for k, v in corpus.info.items() if k != "options"}
     print(f"{corpus.root}: " + json.dumps(info))

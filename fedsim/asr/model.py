@@ -1,10 +1,12 @@
 """A Listen-Attend-Spell encoder-decoder over log-mel features.
 
 Listener: two 3x3 stride-2 convolutions (time and frequency / 4), layer norm, a bidirectional
-LSTM. Attender: additive attention `e_tj = v^T tanh(W_s s_t + W_h h_j)`, softmax over valid
-frames. Speller: an LSTM cell (zero initial state) fed `[embed(y_{t-1}); c_{t-1}]`, and the output
-projection `output` (`nn.Linear(dec_hidden + 2 * enc_hidden, vocab)`) mapping `[s_t; c_t]` to
-logits. `output.weight` `(vocab, d)` is the layer the RLG attack reads: its gradient is
+LSTM; with `front_end="none"` (inputs that are already encoder states, e.g. the frozen Whisper
+encoder's at 25 Hz for `model=las_whisper`) layer norm and the BiLSTM alone. Attender:
+additive attention `e_tj = v^T tanh(W_s s_t + W_h h_j)`, softmax over valid frames. Speller: an
+LSTM cell (zero initial state) fed `[embed(y_{t-1}); c_{t-1}]`, and the output projection
+`output` (`nn.Linear(dec_hidden + 2 * enc_hidden, vocab)`) mapping `[s_t; c_t]` to logits.
+`output.weight` `(vocab, d)` is the layer the RLG attack reads: its gradient is
 `sum_t (softmax_t - onehot(y_t)) [s_t; c_t]^T / T` over the T target positions t.
 """
 
@@ -29,6 +31,8 @@ LAS_DECODER = DecoderParams(
 class LAS(nn.Module):
     """LAS model. Input features `(B, T, n_mels)` with lengths `(B,)`; targets padded with pad_id.
 
+    `n_mels` is the size of an input frame (40 log-mel bands; 384 for Whisper encoder states).
+    `front_end`: "conv" (two stride-2 convolutions, T/4 frames) or "none" (frames as given).
     Default size (about 1.6M parameters at 1k pieces) trains on 2 CPU cores.
     """
 
@@ -45,20 +49,24 @@ class LAS(nn.Module):
         pad_id: int = 0,
         bos_id: int = 2,
         eos_id: int = 3,
+        front_end: str = "conv",
     ) -> None:
         super().__init__()
+        if front_end not in ("conv", "none"):
+            raise ValueError(f"unknown LAS front_end {front_end!r}; use 'conv' or 'none'")
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
-        self.conv = nn.Sequential(
-            nn.Conv2d(1, channels, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, stride=2, padding=1),
-            nn.ReLU(),
-        )
-        freq = (n_mels + 3) // 4
-        self.conv_norm = nn.LayerNorm(channels * freq)
-        self.encoder = nn.LSTM(
-            channels * freq, enc_hidden, enc_layers, batch_first=True, bidirectional=True
-        )
+        self.subsample = 4 if front_end == "conv" else 1
+        width = n_mels
+        if front_end == "conv":
+            self.conv = nn.Sequential(
+                nn.Conv2d(1, channels, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(channels, channels, 3, stride=2, padding=1),
+                nn.ReLU(),
+            )
+            width = channels * ((n_mels + 3) // 4)
+        self.conv_norm = nn.LayerNorm(width)
+        self.encoder = nn.LSTM(width, enc_hidden, enc_layers, batch_first=True, bidirectional=True)
         enc_dim = 2 * enc_hidden
         self.att_h = nn.Linear(enc_dim, att_dim, bias=False)
         self.att_s = nn.Linear(dec_hidden, att_dim)
@@ -69,13 +77,18 @@ class LAS(nn.Module):
 
     # ------------------------------------------------------------------ listener
     def encode(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """Encoder states `(B, T', 2*enc_hidden)` and a validity mask `(B, T')`, T' ~ T/4."""
-        x = self.conv(feats.unsqueeze(1))  # (B, C, T', F')
-        b, c, t, f = x.shape
-        x = self.conv_norm(x.permute(0, 2, 1, 3).reshape(b, t, c * f))
+        """Encoder states `(B, T', 2*enc_hidden)` and a validity mask `(B, T')`, T' ~ T/4 (T with
+        `front_end="none"`)."""
         out_len = lengths.cpu()
-        for _ in range(2):
-            out_len = (out_len - 1) // 2 + 1
+        if self.subsample == 1:
+            x = self.conv_norm(feats)
+        else:
+            x = self.conv(feats.unsqueeze(1))  # (B, C, T', F')
+            b, c, t, f = x.shape
+            x = self.conv_norm(x.permute(0, 2, 1, 3).reshape(b, t, c * f))
+            for _ in range(2):
+                out_len = (out_len - 1) // 2 + 1
+        t = x.shape[1]
         out_len = out_len.clamp(1, t)
         packed = pack_padded_sequence(x, out_len, batch_first=True, enforce_sorted=False)
         h, _ = self.encoder(packed)

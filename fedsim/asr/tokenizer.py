@@ -22,7 +22,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-__all__ = ["BOS_ID", "EOS_ID", "PAD_ID", "UNK_ID", "Tokenizer", "train_tokenizer"]
+__all__ = ["BOS_ID", "EOS_ID", "PAD_ID", "UNK_ID", "Tokenizer", "load_tokenizer", "train_tokenizer"]
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
@@ -106,4 +106,12 @@ def train_tokenizer(
             raise
         os.replace(tmp.with_suffix(".tmp.vocab"), out.with_suffix(".vocab"))
         os.replace(tmp.with_suffix(".tmp.model"), model)
+    return load_tokenizer(model)
+
+
+def load_tokenizer(model: str | os.PathLike) -> Tokenizer:
+    """A trained sentencepiece model file (e.g. a shipped checkpoint's `tokenizer.model`)."""
+    model = Path(model)
+    if not model.exists():
+        raise ValueError(f"no word-piece model at {model}")
     return Tokenizer(model, spm.SentencePieceProcessor(model_file=str(model)))

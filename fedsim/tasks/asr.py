@@ -6,6 +6,13 @@ is taken on `[p1..pn, eos]`. These ids, per step and per utterance, are `Truth.t
 `Truth.label_set` (BoW) holds every piece of the transcripts plus eos (3), and never pad (0),
 bos (2) or unk (1). The number of target tokens (pieces + 1 per utterance) is the rank RLG sees
 on the update of the projection `output.weight` `(vocab, dec_hidden + 2 * enc_hidden)`.
+
+Inputs (the model node's `features`): "log_mel", the corpus's 40 log-mel bands every 10 ms, or
+"whisper_encoder", the frozen Whisper tiny.en encoder's states (384-d every 40 ms, cached once per
+corpus by `fedsim.asr.whisper.encoder_features`; `model=las_whisper`). A node may also name a
+checkpoint folder (`pretrained`: a name shipped in `fedsim/asr/pretrained/` or a path): its word
+pieces are then the task's vocabulary, and with `init: pretrained` the model starts from its
+weights (`fedsim.asr.pretrained`).
 """
 
 from __future__ import annotations
@@ -20,16 +27,38 @@ import torch.nn.functional as F
 
 from fedcore import SpeechSpec, Truth
 from fedcore.sgd import sgd_step
-from fedsim.asr.corpus import N_MELS, Corpus, load_corpus
+from fedsim.asr.corpus import HOP, SAMPLE_RATE, Corpus, load_corpus
 from fedsim.asr.metrics import word_error_rate
 from fedsim.asr.model import LAS, LAS_DECODER, OUTPUT_LAYER, pad_batch
-from fedsim.asr.tokenizer import Tokenizer, train_tokenizer
+from fedsim.asr.pretrained import checkpoint_folder, load_state, read_info
+from fedsim.asr.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
+from fedsim.asr.whisper.features import Ragged
 from fedsim.models import model_builder
 from fedsim.tasks.base import TrainConfig, TrainResult
 
 __all__ = ["AsrTask"]
 
 Steps = tuple[tuple[tuple[int, ...], ...], ...]
+FEATURES = {"log_mel": HOP / SAMPLE_RATE, "whisper_encoder": 4 * HOP / SAMPLE_RATE}  # s per frame
+INITS = ("scratch", "pretrained")
+
+
+def speech_options(model: Any) -> tuple[Any, str, str, str | None]:
+    """`(model node without them, features, init, pretrained)`: the keys of a speech model node
+    that the task reads (see the module docstring); a builder gets the defaults."""
+    if not isinstance(model, Mapping):
+        return model, "log_mel", "scratch", None
+    node = dict(model)
+    features = node.pop("features", "log_mel")
+    init = node.pop("init", "scratch")
+    pretrained = node.pop("pretrained", None)
+    if features not in FEATURES:
+        raise ValueError(f"unknown model.features {features!r}; use one of {sorted(FEATURES)}")
+    if init not in INITS:
+        raise ValueError(f"unknown model.init {init!r}; use 'pretrained' or 'scratch'")
+    if init == "pretrained" and not pretrained:
+        raise ValueError("model.init=pretrained needs model.pretrained (a checkpoint folder)")
+    return node, features, init, pretrained
 
 
 class AsrTask:
@@ -39,8 +68,9 @@ class AsrTask:
         corpus: corpus size, "tiny", "small" or "default" (built into the cache on first use).
         vocab_size: word pieces including the 4 special tokens (1000 default; up to 31,532).
         model: the model node (`conf/model/las.yaml`: `_target_: fedsim.asr.model.LAS`, the LAS
-            sizes, `task: asr`) or a builder; the task adds `vocab_size`, `n_mels` and the special
-            token ids. Default: `LAS` with its default sizes.
+            sizes, `task: asr`; the task's own keys `features`, `init`, `pretrained`: see the
+            module docstring) or a builder; the task adds `vocab_size`, `n_mels` (the input
+            frame size) and the special token ids. Default: `LAS` with its default sizes.
         partition: "speaker" (non-IID: train utterances sorted by speaker/voice, then cut into
             contiguous equal parts, so a client holds one or a few voices) or "iid".
         eval_utterances: test utterances per evaluation (a fixed seeded subset; 0 = all).
@@ -50,13 +80,6 @@ class AsrTask:
 
     name = "asr"
     default_model = "fedsim.asr.model.LAS"  # the `_target_` built when no model node is given
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> AsrTask:
-        """`model=whisper_tiny` makes a `WhisperAsrTask` (Whisper's front end and tokenizer)."""
-        from fedsim.tasks.whisper_asr import WhisperAsrTask, is_whisper
-
-        model = kwargs.get("model", args[2] if len(args) > 2 else None)
-        return super().__new__(WhisperAsrTask if is_whisper(model) else cls)
 
     def __init__(
         self,
@@ -72,15 +95,40 @@ class AsrTask:
             raise ValueError(f"unknown partition {partition!r}; use 'speaker' or 'iid'")
         self.partition, self.seed, self.eval_utterances = partition, seed, eval_utterances
         model = {"_target_": self.default_model} if model is None else model
+        model, self.features, self.init, pretrained = speech_options(model)
+        self.pretrained = checkpoint_folder(pretrained) if pretrained else None
         self.model_name, self._build = model_builder(model, self.name)
         self.corpus: Corpus = load_corpus(corpus, cache_dir)
+        self.inputs = self._inputs()
         self.tokenizer = self._make_tokenizer(vocab_size)
         self.targets = [tuple(self.tokenizer.targets(u.text)) for u in self.corpus.utterances]
         self.max_target_tokens = max(map(len, self.targets))
 
+    def _inputs(self) -> Ragged:
+        """Per-utterance model inputs `(frames, dim)`: log-mel bands or Whisper encoder states."""
+        if self.features == "whisper_encoder":
+            from fedsim.asr.whisper.encoder_features import encoder_states
+
+            return encoder_states(self.corpus)
+        ends = [u.offset + u.frames for u in self.corpus.utterances[-1:]]
+        offsets = np.array([u.offset for u in self.corpus.utterances] + ends, dtype=np.int64)
+        return Ragged(self.corpus.features, offsets)
+
     def _make_tokenizer(self, vocab_size: int) -> Tokenizer:
-        """The word pieces, trained on the corpus's text (`vocab_size` ids incl. specials)."""
-        return train_tokenizer(self.corpus.text_path, vocab_size)
+        """The word pieces: the checkpoint's (`pretrained`), else trained on the corpus's text
+        (`vocab_size` ids incl. specials)."""
+        shipped = self.pretrained / "tokenizer.model" if self.pretrained else None
+        if shipped is None or not shipped.exists():
+            if self.init == "pretrained":
+                load_state(self.pretrained)  # raises: says how to make the checkpoint
+            return train_tokenizer(self.corpus.text_path, vocab_size)
+        tokenizer = load_tokenizer(shipped)
+        if tokenizer.vocab_size != vocab_size:
+            raise ValueError(
+                f"the checkpoint {self.pretrained.name} has {tokenizer.vocab_size} word pieces, "
+                f"not vocab_size={vocab_size}; set task.vocab_size={tokenizer.vocab_size}"
+            )
+        return tokenizer
 
     # ------------------------------------------------------------------ model
     def model_spec(self) -> SpeechSpec:
@@ -101,9 +149,17 @@ class AsrTask:
         )  # fmt: skip
 
     def build_model(self) -> LAS:
+        """The model: random (`init: scratch`) or the checkpoint's weights (`init: pretrained`)."""
         tok = self.tokenizer
-        return self._build(vocab_size=tok.vocab_size, n_mels=N_MELS, pad_id=tok.pad_id,
-                           bos_id=tok.bos_id, eos_id=tok.eos_id)  # fmt: skip
+        model = self._build(vocab_size=tok.vocab_size, n_mels=self.inputs.dim, pad_id=tok.pad_id,
+                            bos_id=tok.bos_id, eos_id=tok.eos_id)  # fmt: skip
+        if self.init == "pretrained":
+            model.load_state_dict(load_state(self.pretrained))
+        return model
+
+    def pretrained_info(self) -> dict[str, Any]:
+        """The checkpoint's `info.json` (empty without a checkpoint)."""
+        return read_info(self.pretrained) if self.pretrained else {}
 
     # ------------------------------------------------------------------ data
     @cache  # noqa: B019 (one task object per process)
@@ -121,7 +177,7 @@ class AsrTask:
 
     def batch(self, indices, device: torch.device | str = "cpu"):
         """Padded tensors `(feats, lengths, decoder inputs, targets)` of corpus utterances."""
-        feats = [self.corpus.feature(int(i)) for i in indices]
+        feats = [self.inputs.rows(int(i)) for i in indices]
         targets = [list(self.targets[int(i)]) for i in indices]
         x, lengths, inp, y = pad_batch(feats, targets, self.tokenizer.pad_id, self.tokenizer.bos_id)
         return x.to(device), lengths, inp.to(device), y.to(device)
@@ -186,7 +242,8 @@ class AsrTask:
             chunk = indices[start : start + batch_size]
             x, lengths, _, _ = self.batch(chunk, device)
             # At most one piece per 80 ms of audio (speech has about one per 200 ms).
-            ids = model.greedy(x, lengths, max_len=int(lengths.max()) // 8 + 5)
+            seconds = int(lengths.max()) * FEATURES[self.features]
+            ids = model.greedy(x, lengths, max_len=int(seconds / 0.08) + 5)
             out += [self.tokenizer.decode(seq) for seq in ids]
         return out
 

@@ -1,9 +1,10 @@
 """Speech recognition by fine-tuning Whisper tiny.en (`task=asr model=whisper_tiny`).
 
-The same corpus, partitions and client sampling as `AsrTask` (the task object is this subclass
-when the model node is `fedsim.asr.whisper.finetune.whisper_tiny`), but Whisper's own parts:
-its 80-mel front end (cached per corpus by `fedsim.asr.whisper.features`), its byte-level BPE
-(51,864 ids) and teacher forcing (`fedsim.asr.whisper.finetune`). Targets and the truth: a
+The same corpus, partitions and client sampling as `AsrTask` (`task=asr` builds this subclass
+when the model node is `fedsim.asr.whisper.finetune.whisper_tiny`: `fedsim.tasks.asr_tasks`),
+but Whisper's own parts: its 80-mel front end (stored with the corpus,
+`fedsim.asr.whisper.features`), its byte-level BPE (51,864 ids) and teacher forcing
+(`fedsim.asr.whisper.finetune`). Targets and the truth: a
 transcript's text ids (written as Whisper writes: capital first letter, final period) then eot,
 so `Truth.label_set` = the BoW of text ids plus eot.
 
