@@ -19,8 +19,13 @@ Setup (stated, not hidden):
   .reveal_labels`, S estimated, protocol label eot removed) only with --rlg (minutes per update).
 - Scores per batch: precision, recall, exact (EM: the set is recovered exactly); mean over batches.
 
-Usage: `python bench/whisper_bow.py [--quick] [--trials 5] [--sizes 1,2,4,8] [--rlg]`. Writes
-`bench/results/whisper_bow[_quick][_rlg].json` and prints one table.
+- Defenses (`--defenses signsgd,graddrop50,graddrop90`, Table 4's ASR column): each batch's
+  update is also defended (the client-side defenses of `defenses/`, on the tied matrix) and
+  read out again; scores per defense.
+
+Usage: `python bench/whisper_bow.py [--quick] [--trials 5] [--sizes 1,2,4,8] [--rlg]
+[--defenses ...]`. Writes `bench/results/whisper_bow[_quick][_rlg][_defenses].json` and prints
+one table (and one per defense).
 """
 
 from __future__ import annotations
@@ -91,7 +96,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.001)
     parser.add_argument("--rlg", action="store_true", help="also RLG (minutes per update)")
     parser.add_argument("--dump", default=None, help="save inexact updates (npz) here")
+    parser.add_argument("--defenses", default="", help="e.g. signsgd,graddrop50,graddrop90")
     args = parser.parse_args()
+    from defenses.graddrop import GradDrop
+    from defenses.signsgd import SignSGD
+
+    known = {"signsgd": SignSGD(), "graddrop50": GradDrop(0.5), "graddrop90": GradDrop(0.9)}
+    defended = {name: known[name] for name in filter(None, args.defenses.split(","))}
     sizes = (1, 4) if args.quick else tuple(int(s) for s in args.sizes.split(","))
     trials = 2 if args.quick else args.trials
     torch.set_num_threads(1)
@@ -144,6 +155,13 @@ def main() -> None:
                 Path(args.dump).mkdir(parents=True, exist_ok=True)
                 np.savez(Path(args.dump) / f"N{n}_t{trial}.npz", dE=update, inp=inputs.numpy(),
                          tgt=targets.numpy())  # fmt: skip
+            row["defenses"] = {}
+            for name, defense in defended.items():
+                weight = "decoder.token_embedding.weight"
+                sent = defense({weight: torch.from_numpy(update)}, {"lr": args.lr})[weight]
+                got = read_tokens(sent.numpy(), known=tok.prompt, unread=(tok.eot,))
+                row["defenses"][name] = scores((set(got.tokens) - set(tok.prompt)) | {tok.period},
+                                               truth)  # fmt: skip
             if args.rlg:
                 clock = time.perf_counter()
                 finding = reveal_labels(update, None, max_labels=2000)
@@ -175,10 +193,17 @@ def main() -> None:
               f"{s['by_norm_precision']:.3f}/{s['by_norm_recall']:.3f} |"
               + (f" RLG {s['rlg_precision']:.3f}/{s['rlg_recall']:.3f}/{s['rlg_exact']:.2f}"
                  if "rlg_exact" in s else ""))  # fmt: skip
+    for name in defended:
+        print(f"\n{name}: " + " | ".join(
+            f"N={n} P/R/EM " + "/".join(
+                f"{np.mean([r['defenses'][name][k] for r in rows if r['N'] == n]):.3f}"
+                for k in ("precision", "recall", "exact"))
+            for n in sizes))  # fmt: skip
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=ROOT).stdout.strip()  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     suffix = ("_quick" if args.quick else "") + ("_rlg" if args.rlg else "")
+    suffix += "_defenses" if defended else ""
     out = RESULTS / f"whisper_bow{suffix}.json"
     out.write_text(json.dumps({"commit": commit, "lr": args.lr, "summary": summary,
                                "rows": rows}, indent=1, default=float))  # fmt: skip
