@@ -11,7 +11,9 @@ steps with a changing model (then S = N*K samples), as long as the S vectors g_i
 independent and S < min(C - 1, d).
 
 Label counts (beyond the paper): when every found label is distinct (|L| = S) they are all 1;
-when |L| = 1 it is S; otherwise they are estimated from the bias update `b`, where
+when |L| = 1 it is S (with S estimated as the rank, only while the bias shows an untrained-like
+model: a trained one maps a class's samples to one direction, so the rank can count classes);
+otherwise they are estimated from the bias update `b`, where
 `-b / lr = sum_i g_i`, so class c gets `P_c - n_c` (P_c = the summed softmax mass on c). With the
 non-labels' mean mass as P_c for every class and the counts summing to S the scale cancels (lr
 is not needed); this is reliable while the model is far from confident (P_c << 1, e.g. early
@@ -219,12 +221,13 @@ def _separable(
     points = space.basis
     # Noise along one direction: the point noise is an RMS norm over `rank` directions.
     noise_tol = noise_cut * space.point_noise / np.sqrt(space.rank)
-    scale = float(np.sqrt(np.max(np.einsum("ij,ij->i", points, points))))
+    norms2 = np.einsum("ij,ij->i", points, points)
+    scale = float(np.sqrt(np.max(norms2)))
     if noise_tol > NOISE_TOL_MAX * scale:
         diag["noise_tol_skipped"] = noise_tol
         noise_tol = 0.0  # the residual is not small rounding noise: exact test
     if noise_tol > 0:
-        quiet = np.einsum("ij,ij->i", points, points) <= noise_tol**2
+        quiet = norms2 <= noise_tol**2
         diag.update(noise_tol=noise_tol, quiet_points=int(quiet.sum()))
         if quiet.any():  # they constrain nothing (module doc of rlg_cone)
             points = np.where(quiet[:, None], 0.0, points)
@@ -262,6 +265,17 @@ def _counts(
     ratios = counts_from_bias_ratios(bias, labels) if bias is not None and estimated else None
     if ratios is not None and sum(ratios.values()) >= max(total, labels.size + 1):
         return ratios, "bias ratios (repeated labels share directions: rank < S)"
+    if labels.size in (total, 1) and estimated and bias is not None and np.any(bias):
+        # S is the rank here: one direction per sample. A trained model maps the samples of
+        # one class to nearly one direction (their softmax rows agree), so the rank counts
+        # classes, not samples, and "all distinct" / "single label" would be a guess.
+        spread = nonlabel_mass_spread(bias, labels, total)
+        if spread > MAX_MASS_SPREAD:
+            return None, (
+                f"not identifiable: S was estimated as the rank, which a trained model (the "
+                f"non-labels' softmax mass varies by {spread:.2f} of one count) can hold below "
+                "N by mapping a class's samples to one direction; attack=rlg_counts uses N"
+            )
     if labels.size == total:
         return {int(c): 1 for c in labels}, "all distinct (|L| = S)"
     if labels.size == 1:
@@ -279,7 +293,10 @@ def _counts(
     return counts_from_bias(bias, labels, total), "bias"
 
 
-MAX_MASS_SPREAD = 0.4  # counts: the largest spread of P_c over non-labels, in units of one count
+# Counts: the largest spread of P_c over the non-labels, in units of one count. A count read off
+# the bias is off by one only where a label's P_c strays half a count from the mean; the
+# non-labels (C - |L| classes, far more than the labels) bound that spread from above.
+MAX_MASS_SPREAD = 0.5
 
 
 def nonlabel_mass_spread(bias_update: np.ndarray, labels: np.ndarray, total: int) -> float:

@@ -63,12 +63,15 @@ class ConeDecision:
     max_residual: float
 
 
-def _unit_rows(points: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(points, axis=1)
+def _unit_rows(points: np.ndarray, norms: np.ndarray | None = None) -> np.ndarray:
+    """Rows scaled to unit norm; rows at most 1e-12 of the longest become zero."""
+    norms = _row_norms(points) if norms is None else norms
     tiny = norms <= 1e-12 * (norms.max() if norms.size else 0.0)
-    out = points / np.where(tiny, 1.0, norms)[:, None]
-    out[tiny] = 0.0
-    return out
+    return points * np.where(tiny, 0.0, 1.0 / np.where(tiny, 1.0, norms))[:, None]
+
+
+def _row_norms(points: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.einsum("ij,ij->i", points, points))
 
 
 def _nnls(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -172,6 +175,16 @@ def _lp_one(
     raise RuntimeError(f"HiGHS could not decide point {c}: {res.message}")
 
 
+def _longest(norms: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the `count` largest positive `norms`, largest first (a partial sort: which of
+    several equal norms at the cut is kept is unspecified; the screen set is only a start)."""
+    live = np.flatnonzero(norms > 0)
+    if live.size > count:
+        live = live[np.argpartition(-norms[live], count - 1)[:count]]
+        live.sort()
+    return live[np.argsort(-norms[live], kind="stable")]
+
+
 def separable_fast(
     points: np.ndarray,
     *,
@@ -193,13 +206,14 @@ def separable_fast(
     """
     points = np.asarray(points, dtype=np.float64)
     dim = points.shape[1]
-    unit = _unit_rows(points)
-    norms = np.linalg.norm(points, axis=1)
+    norms = _row_norms(points)
+    unit = _unit_rows(points, norms)
+    live = unit.any(axis=1)
     with np.errstate(divide="ignore"):
-        slack = feas_tol + noise_tol / np.where(unit.any(axis=1), norms, 0.0)  # per unit row
-    order = np.argsort(-norms, kind="stable")
-    order = order[norms[order] > 0]
-    first = order[: dim + (max(8, dim // 4) if extra is None else extra)]
+        slack = feas_tol + noise_tol / np.where(live, norms, 0.0)  # per unit row
+    first = _longest(
+        np.where(live, norms, 0.0), dim + (max(8, dim // 4) if extra is None else extra)
+    )
     t, calls, rounds = positive_spanning_set(unit, first, res_tol)
     if t is None:
         return ConeDecision(np.array([], dtype=int), False, 0, calls, 0, rounds, np.nan, np.nan)
@@ -230,16 +244,17 @@ def separable_fast(
         if not owners:
             pending = []
             break
-        margins = unit @ np.stack(hyper, axis=1)  # (C, candidates)
+        margins = np.stack(hyper) @ unit.T  # (candidates, C): rows contiguous
+        margins[np.arange(len(owners)), owners] = np.inf
+        violated = (margins < -slack).any(axis=1)
         pending = []
-        for col, c in enumerate(owners):
-            m = margins[:, col].copy()
-            m[c] = np.inf
-            bad = np.flatnonzero(m < -slack)
-            if bad.size == 0:
+        for row, c in enumerate(owners):
+            m = margins[row]
+            if not violated[row]:
                 accepted.append(c)
                 min_margin = min(min_margin, float(m.min()))
             else:
+                bad = np.flatnonzero(m < -slack)
                 worst = bad[np.argsort(m[bad])[: max(dim, 8)]]
                 work[c].extend(int(j) for j in worst)
                 pending.append(c)

@@ -27,11 +27,14 @@ weight norm), or when S >= min(C - 1, d) (reported by the caller as not applicab
 Sketch path (min(C, d) >= `full_svd_below`), built to cost little more than one pass over W:
 1. right sketch X = W^T Psi (d, k), Psi (C, k) centred uniform (so X = W_c^T Psi), float32
    products for float32 W; its first block also multiplies the all-ones vector (the column
-   sums, for the row-sum diagnostic) and shows dead features as zero rows (d').
+   sums, for the row-sum diagnostic) and shows dead features as zero rows (d'). Psi's blocks
+   are seeded per block and cached per shape (a server sees one shape on every update).
 2. rank from the float64 Gram of X (k x k); z (d, r) = the top-r right singular vectors.
-3. one pass W z: `W_c z = basis @ R` (two Cholesky-QR passes in float64). Its error is that of
-   an exact SVD to first order (z's sketch error enters only times the noise), so no power
-   iteration is needed; a left sketch W Omega would amplify the noise by ~sqrt(d / (k - r)).
+3. one pass W z: `W_c z = basis @ R` (one float64 Cholesky-QR pass; a second only when the
+   columns are ill-conditioned: the cone test is invariant to R, the noise estimate uses it).
+   Its error is that of an exact SVD to first order (z's sketch error enters only times the
+   noise), so no power iteration is needed; a left sketch W Omega would amplify the noise by
+   ~sqrt(d / (k - r)).
 4. noise: X's residual outside z is pure noise (no extra pass over W, `_point_noise`).
 Small dense operations run on one BLAS thread (threads only add waiting there).
 """
@@ -39,13 +42,14 @@ Small dense operations run on one BLAS thread (threads only add waiting there).
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.linalg import solve_triangular
 from threadpoolctl import ThreadpoolController
 
-__all__ = ["RowSpace", "gap_rank", "one_blas_thread", "row_space"]
+__all__ = ["RowSpace", "clear_sketch_cache", "gap_rank", "one_blas_thread", "row_space"]
 
 _BLAS = ThreadpoolController()
 
@@ -188,7 +192,6 @@ def row_space(
                         clock.seconds)  # fmt: skip
 
     clock = _Clock()
-    rng = np.random.default_rng(seed)
     want = (
         max(first_sketch, 2 * after + oversample)
         if num_labels is None
@@ -203,11 +206,8 @@ def row_space(
     while True:
         # Right sketch X = W^T Psi with centred Psi (= W_c^T Psi). The first block also
         # carries the all-ones column: W^T 1, the column sums, for free.
-        psi = rng.random((num_classes, k - have), dtype=matrix.dtype)  # 4x cheaper than normal
-        psi -= psi.mean(axis=0, dtype=matrix.dtype)
-        norms2.append(np.einsum("ij,ij->j", psi, psi, dtype=np.float64))
-        if col_sums is None:
-            psi = np.hstack([psi, np.ones((num_classes, 1), dtype=matrix.dtype)])
+        psi, psi_norms2 = _sketch_block(num_classes, have, k, matrix.dtype, seed, col_sums is None)
+        norms2.append(psi_norms2)
         block = np.asarray(matrix.T @ psi, dtype=np.float64)  # (d, new columns)
         clock.stop("sketch")
         if col_sums is None:
@@ -268,10 +268,9 @@ def row_space(
     clock.stop("basis")
     with _BLAS.limit(limits=1, user_api="blas"):
         y1 -= y1.mean(axis=0, keepdims=True)
-        once, r1 = _cholesky_qr(y1)
-        basis, r2 = _cholesky_qr(once)
+        basis, tri = _cholesky_qr(y1)
         clock.stop("basis")
-        noise = _point_noise(x, z, r2 @ r1, live, psi_norm2)
+        noise = _point_noise(x, z, tri, live, psi_norm2)
     clock.stop("noise")
     return RowSpace(basis, sv, r, limit, "sketch", k, noise, col_sums, norm, clock.seconds)
 
@@ -332,30 +331,83 @@ GRAM_EPS = 1e-7
 
 
 def _orthonormal(q: np.ndarray) -> np.ndarray:
-    """One Cholesky-QR pass: q with orthonormal columns (q is already nearly orthonormal)."""
+    """q with orthonormal columns spanning the same space (`_cholesky_qr`)."""
     return _cholesky_qr(q)[0]
 
 
+MAX_CHOLESKY_COND = 1e4  # above: one Cholesky-QR pass leaves ~eps64 * cond^2 > 1e-8; a second
+
+
 def _cholesky_qr(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(Q, R) with q = Q R, Q orthonormal, R (r, r) upper triangular: one Cholesky-QR pass
-    on the column-normalised q (exact to ~eps64 * cond(q D^-1)^2; run twice when q's columns
-    are far from orthogonal). Multiplies by R^-1 instead of solving C right-hand sides."""
+    """(Q, R) with q = Q R, Q orthonormal, R (r, r) upper triangular.
+
+    Cholesky-QR on the column-scaled Gram (scaling folded into one (r, r) factor, so q is read
+    twice: the Gram and one product); a second pass only when the Cholesky factor's diagonal
+    spread says the first left Q off orthonormal by more than ~1e-8 (eps64 * cond^2).
+    Householder QR where the Gram is numerically singular."""
     if q.shape[1] == 0:
         return q, np.zeros((0, 0))
-    scale = np.sqrt(np.einsum("ij,ij->j", q, q))
+    gram = q.T @ q
+    scale = np.sqrt(np.maximum(np.diag(gram), 0.0))
     scale[scale == 0] = 1.0
-    qn = q / scale
+    gram /= np.outer(scale, scale)
     try:
-        chol = np.linalg.cholesky(qn.T @ qn)  # lower, qn = Q chol^T
-    except np.linalg.LinAlgError:  # numerically dependent columns: Householder QR instead
-        basis, tri = np.linalg.qr(qn)
-        return basis, tri * scale
+        chol = np.linalg.cholesky(gram)  # lower: q D^-1 = Q chol^T
+    except np.linalg.LinAlgError:
+        return _householder(q, scale)
     inv_t = solve_triangular(chol, np.eye(len(chol)), lower=True).T
-    basis = qn @ inv_t
-    if not np.isfinite(basis).all():  # chol nearly singular: R^-1 overflowed; Householder QR
-        basis, tri = np.linalg.qr(qn)
-        return basis, tri * scale
-    return basis, chol.T * scale
+    basis = q @ (inv_t / scale[:, None])
+    if not np.isfinite(basis).all():  # chol nearly singular: R^-1 overflowed
+        return _householder(q, scale)
+    tri = chol.T * scale
+    diag = np.abs(np.diag(chol))
+    if diag.min() * MAX_CHOLESKY_COND < diag.max():
+        basis, again = _cholesky_qr(basis)
+        tri = again @ tri
+    return basis, tri
+
+
+def _householder(q: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    basis, tri = np.linalg.qr(q / scale)
+    return basis, tri * scale
+
+
+def clear_sketch_cache() -> None:
+    """Forget the cached sketch matrices (`_sketch_block`): the next call draws them again."""
+    _SKETCHES.clear()
+
+
+_SKETCHES: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+SKETCH_CACHE_BYTES = 64 * 2**20
+
+
+def _sketch_block(
+    num_classes: int, have: int, k: int, dtype: np.dtype, seed: int, ones: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Columns `have:k` of the right sketch matrix Psi (C, k - have) of `row_space`: centred
+    uniform, drawn from their own seeded stream (so a block depends only on its key), with the
+    all-ones column appended when `ones`; and their squared norms (float64, without the ones).
+
+    Cached (read-only, least recently used, up to `SKETCH_CACHE_BYTES`): a server runs RLG on
+    every update of the same shape, and drawing the block costs ~10 % of a sketch pass."""
+    key = (num_classes, have, k, np.dtype(dtype).str, seed, ones)
+    hit = _SKETCHES.get(key)
+    if hit is not None:
+        _SKETCHES.move_to_end(key)
+        return hit
+    rng = np.random.default_rng([seed, have, k])
+    psi = rng.random((num_classes, k - have + ones), dtype=dtype)  # 4x cheaper than normal
+    block = psi[:, : k - have]
+    block -= block.mean(axis=0, dtype=dtype)
+    norms2 = np.einsum("ij,ij->j", block, block, dtype=np.float64)
+    if ones:
+        psi[:, -1] = 1
+    psi.flags.writeable = False
+    norms2.flags.writeable = False
+    _SKETCHES[key] = (psi, norms2)
+    while sum(p.nbytes for p, _ in _SKETCHES.values()) > SKETCH_CACHE_BYTES and len(_SKETCHES) > 1:
+        _SKETCHES.popitem(last=False)
+    return psi, norms2
 
 
 def _pick_rank(

@@ -242,8 +242,25 @@ def run_cell(name, spec, model, n, batches, seed, plugins) -> dict:
             "wrong": float(np.mean(given & (l1 > 0))),
             "seconds": float(np.mean(r["seconds"])),
             "errors": r["errors"],
+            "l1_per_batch": [None if np.isnan(v) else float(v) for v in l1],
         }
+    cell["where_a_baseline_is_exact"] = baseline_coverage(rows)
     return cell
+
+
+BASELINES = ("llg", "llg_star", "llg_plus", "ilrg", "llbg", "llbg_dummy")
+
+
+def baseline_coverage(rows: dict) -> dict:
+    """Batch by batch: the batches on which any baseline's histogram is exact, and how many of
+    them RLG counts also get exactly (the issue's goal: >= 95 % of those)."""
+    exact = {m: np.asarray(rows[m]["l1"]) == 0 for m in rows}
+    anyb = np.any([exact[m] for m in BASELINES if m in exact], axis=0)
+    return {
+        "batches": int(anyb.sum()),
+        "rlg_counts_exact": int((anyb & exact["rlg_counts"]).sum()),
+        "rlg_counts_exact_elsewhere": int((~anyb & exact["rlg_counts"]).sum()),
+    }
 
 
 def print_table(cells: list[dict]) -> None:
@@ -260,8 +277,11 @@ def print_table(cells: list[dict]) -> None:
     for c in cells:
         r = c["rlg_counts"]
         errors = ", ".join(f"{m} {len(c[m]['errors'])}" for m in METHODS if c[m]["errors"])
+        cov = c["where_a_baseline_is_exact"]
         print(f"  rlg_counts {c['model']} N={c['N']}: given {r['given']:.2f}, wrong "
-              f"{r['wrong']:.2f}, {r['seconds']:.2f} s/batch; errors: {errors or '-'}")  # fmt: skip
+              f"{r['wrong']:.2f}, {r['seconds']:.2f} s/batch; exact on {cov['rlg_counts_exact']} "
+              f"of the {cov['batches']} batches a baseline gets exactly, and on "
+              f"{cov['rlg_counts_exact_elsewhere']} others; errors: {errors or '-'}")  # fmt: skip
 
 
 def main() -> None:

@@ -407,3 +407,18 @@ def test_counts_withheld_when_the_non_labels_mass_varies():
     counts, reason = _counts(labels, 4, skewed)
     assert counts is None and "trained model" in reason
     assert _counts(labels, 4, even)[0] == {1: 2, 3: 2}
+
+
+def test_rank_counts_withheld_on_a_trained_model():
+    """With S estimated as the rank, "all distinct" and "single label" assume one direction per
+    sample; a trained model (unequal non-label mass in the bias) can map a class's samples to
+    one direction, so the counts are withheld. With S known (N * K) they are certain."""
+    skewed = np.array([0.05, -0.9, 1.6, -0.8, 0.05, 0.05])  # labels 1, 3; class 2 confident
+    labels = np.array([1, 3])
+    counts, reason = _counts(labels, 2, skewed)
+    assert counts is None and "rank" in reason and "rlg_counts" in reason
+    assert _counts(labels, 2, skewed, estimated=False)[0] == {1: 1, 3: 1}
+    single = np.array([0.01, -0.95, 0.92, 0.01, 0.01])
+    assert _counts(np.array([1]), 1, single)[0] is None
+    even = np.array([0.1, -0.9, 0.1, -0.9, 0.1, 0.1])  # untrained-like: equal non-label mass
+    assert _counts(labels, 2, even) == ({1: 1, 3: 1}, "all distinct (|L| = S)")
