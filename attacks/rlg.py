@@ -269,11 +269,11 @@ def _counts(
         # S is the rank here: one direction per sample. A trained model maps the samples of
         # one class to nearly one direction (their softmax rows agree), so the rank counts
         # classes, not samples, and "all distinct" / "single label" would be a guess.
-        spread = nonlabel_mass_spread(bias, labels, total)
+        spread = max(nonlabel_mass_spread(bias, labels, total), _unit_deficit_spread(bias, labels))
         if spread > MAX_MASS_SPREAD:
             return None, (
                 f"not identifiable: S was estimated as the rank, which a trained model (the "
-                f"non-labels' softmax mass varies by {spread:.2f} of one count) can hold below "
+                f"bias strays {spread:.2f} of one count from equal masses) can hold below "
                 "N by mapping a class's samples to one direction; attack=rlg_counts uses N"
             )
     if labels.size == total:
@@ -315,6 +315,21 @@ def nonlabel_mass_spread(bias_update: np.ndarray, labels: np.ndarray, total: int
     if unit <= 0:
         return float("inf")
     return float(np.max(np.abs(rest - rest.mean()))) / unit
+
+
+def _unit_deficit_spread(bias_update: np.ndarray, labels: np.ndarray) -> float:
+    """With one sample per label, each label's deficit (the non-labels' mean mass minus its
+    bias gradient) is one count: max |deficit / mean deficit - 1| over the labels (0 for one
+    label). Large when a label hides repeats or is no label at all."""
+    b = np.asarray(bias_update, dtype=np.float64)
+    mask = np.zeros(b.shape[0], dtype=bool)
+    mask[np.asarray(labels)] = True
+    if mask.all() or mask.sum() < 2:
+        return 0.0
+    grad = b if b[mask].sum() < 0 else -b
+    raw = grad[~mask].mean() - grad[mask]
+    unit = float(raw.mean())
+    return float(np.max(np.abs(raw / unit - 1.0))) if unit > 0 else float("inf")
 
 
 def counts_from_bias_ratios(
