@@ -265,32 +265,40 @@ def _counts(
     ratios = counts_from_bias_ratios(bias, labels) if bias is not None and estimated else None
     if ratios is not None and sum(ratios.values()) >= max(total, labels.size + 1):
         return ratios, "bias ratios (repeated labels share directions: rank < S)"
-    if labels.size in (total, 1) and estimated and bias is not None and np.any(bias):
-        # S is the rank here: one direction per sample. A trained model maps the samples of
-        # one class to nearly one direction (their softmax rows agree), so the rank counts
-        # classes, not samples, and "all distinct" / "single label" would be a guess.
-        spread = max(nonlabel_mass_spread(bias, labels, total), _unit_deficit_spread(bias, labels))
-        if spread > MAX_MASS_SPREAD:
+    by_rank = labels.size in (total, 1)  # all distinct or a single label: counts follow from S
+    has_bias = bias is not None and bool(np.any(bias))
+    if by_rank and not (estimated and has_bias):
+        return _rank_counts(labels, total)
+    if not has_bias:
+        if bias is None:
+            return None, "not identifiable: 1 < |L| < S and no bias update"
+        return None, "not identifiable: the bias update is zero"
+    # The premise of any count read with S estimated: an untrained-like bias (equal non-label
+    # mass; with the rank as S also one count per label, since a trained model maps a class's
+    # samples to nearly one direction and the rank then counts classes, not samples).
+    spread = nonlabel_mass_spread(bias, labels, total)
+    if by_rank:
+        spread = max(spread, _unit_deficit_spread(bias, labels))
+    if spread > MAX_MASS_SPREAD:
+        if by_rank:
             return None, (
                 f"not identifiable: S was estimated as the rank, which a trained model (the "
                 f"bias strays {spread:.2f} of one count from equal masses) can hold below "
                 "N by mapping a class's samples to one direction; attack=rlg_counts uses N"
             )
-    if labels.size == total:
-        return {int(c): 1 for c in labels}, "all distinct (|L| = S)"
-    if labels.size == 1:
-        return {int(labels[0]): total}, "single label"
-    if bias is None:
-        return None, "not identifiable: 1 < |L| < S and no bias update"
-    if not np.any(bias):
-        return None, "not identifiable: the bias update is zero"
-    spread = nonlabel_mass_spread(bias, labels, total)
-    if spread > MAX_MASS_SPREAD:
         return None, (
             f"not identifiable from the bias alone: the non-labels' softmax mass varies by "
             f"{spread:.2f} of one count (a trained model); attack=rlg_counts models it"
         )
+    if by_rank:
+        return _rank_counts(labels, total)
     return counts_from_bias(bias, labels, total), "bias"
+
+
+def _rank_counts(labels: np.ndarray, total: int) -> tuple[dict[int, int], str]:
+    if labels.size == total:
+        return {int(c): 1 for c in labels}, "all distinct (|L| = S)"
+    return {int(labels[0]): total}, "single label"
 
 
 # Counts: the largest spread of P_c over the non-labels, in units of one count. A count read off
@@ -299,35 +307,44 @@ def _counts(
 MAX_MASS_SPREAD = 0.5
 
 
+def _deficits(bias_update: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(deficits of the labels, bias gradient of the non-labels) from a bias update or gradient
+    of any sign: oriented so the labels carry the negative mass (`P_c - n_c`), a label's deficit
+    is the non-labels' mean mass minus its entry (about n_c when every P_c is equal). None when
+    every class is a label."""
+    b = np.asarray(bias_update, dtype=np.float64)
+    mask = np.zeros(b.shape[0], dtype=bool)
+    mask[np.asarray(labels)] = True
+    if mask.all():
+        return None
+    grad = b if b[mask].sum() < 0 else -b
+    rest = grad[~mask]
+    return float(rest.mean()) - grad[mask], rest
+
+
 def nonlabel_mass_spread(bias_update: np.ndarray, labels: np.ndarray, total: int) -> float:
     """How far `counts_from_bias`'s premise (every class gets the same softmax mass P_c) is off,
     measured on the non-labels: max |P_c - mean P_c| over them, in units of one count's mass
     (the labels' summed deficit / `total`). Large on a trained model: its P_c differ by class,
     and a count read off the bias would then be a guess. 0 where every class is a label."""
-    b = np.asarray(bias_update, dtype=np.float64)
-    mask = np.zeros(b.shape[0], dtype=bool)
-    mask[np.asarray(labels)] = True
-    if mask.all():
+    found = _deficits(bias_update, labels)
+    if found is None:
         return 0.0
-    grad = b if b[mask].sum() < 0 else -b
-    rest = grad[~mask]
-    unit = float(np.maximum(rest.mean() - grad[mask], 0.0).sum()) / max(total, 1)
+    raw, rest = found
+    unit = float(np.maximum(raw, 0.0).sum()) / max(total, 1)
     if unit <= 0:
         return float("inf")
     return float(np.max(np.abs(rest - rest.mean()))) / unit
 
 
 def _unit_deficit_spread(bias_update: np.ndarray, labels: np.ndarray) -> float:
-    """With one sample per label, each label's deficit (the non-labels' mean mass minus its
-    bias gradient) is one count: max |deficit / mean deficit - 1| over the labels (0 for one
-    label). Large when a label hides repeats or is no label at all."""
-    b = np.asarray(bias_update, dtype=np.float64)
-    mask = np.zeros(b.shape[0], dtype=bool)
-    mask[np.asarray(labels)] = True
-    if mask.all() or mask.sum() < 2:
+    """With one sample per label, each label's deficit is one count: max |deficit / mean
+    deficit - 1| over the labels (0 for one label). Large when a label hides repeats or is no
+    label at all."""
+    found = _deficits(bias_update, labels) if np.asarray(labels).size >= 2 else None
+    if found is None:
         return 0.0
-    grad = b if b[mask].sum() < 0 else -b
-    raw = grad[~mask].mean() - grad[mask]
+    raw = found[0]
     unit = float(raw.mean())
     return float(np.max(np.abs(raw / unit - 1.0))) if unit > 0 else float("inf")
 
@@ -349,13 +366,10 @@ def counts_from_bias_ratios(
     """
     if not np.any(bias_update) or labels.size < 2:
         return None
-    b = np.asarray(bias_update, dtype=np.float64)
-    mask = np.zeros(b.shape[0], dtype=bool)
-    mask[labels] = True
-    if mask.all():
+    found = _deficits(bias_update, labels)
+    if found is None:
         return None
-    grad = b if b[mask].sum() < 0 else -b
-    raw = float(grad[~mask].mean()) - grad[mask]
+    raw, rest = found
     if raw.min() <= 0:
         return None
     unit = raw.min()
@@ -368,7 +382,7 @@ def counts_from_bias_ratios(
     # The premise, checked on the non-labels: their P_c must be equal to within a fraction of
     # one count's mass. A partly trained model puts more mass on frequent pieces; a label among
     # them then looks like half a count, and every other label would be counted twice.
-    spread = float(np.max(np.abs(grad[~mask] - grad[~mask].mean())))
+    spread = float(np.max(np.abs(rest - rest.mean())))
     if spread > tolerance * unit:
         return None
     return {int(c): int(n) for c, n in zip(labels, counts, strict=True)}
@@ -381,13 +395,13 @@ def counts_from_bias(bias_update: np.ndarray, labels: np.ndarray, total: int) ->
     labels). P_c is taken as the mean over the non-labels for every class; the unknown scale
     (the learning rate) follows from sum n_c = total. Rounded by largest remainder.
     """
-    b = np.asarray(bias_update, dtype=np.float64)
     labels = np.asarray(labels)
-    mask = np.zeros(b.shape[0], dtype=bool)
-    mask[labels] = True
-    grad = b if b[mask].sum() < 0 else -b  # labels carry the negative gradient mass
-    mass = float(grad[~mask].mean()) if np.any(~mask) else 0.0
-    raw = mass - grad[mask]
+    found = _deficits(bias_update, labels)
+    if found is None:  # every class a label: no non-label mass to subtract
+        b = np.asarray(bias_update, dtype=np.float64)
+        raw = -(b if b.sum() < 0 else -b)
+    else:
+        raw = found[0]
     raw = np.maximum(raw, 0.0)
     scale = raw.sum() / total if raw.sum() > 0 else 1.0
     raw = raw / scale

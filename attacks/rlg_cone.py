@@ -131,8 +131,8 @@ def separable_lp(
     array aligned with `classes`.
     """
     points = np.asarray(points, dtype=np.float64)
-    unit = _unit_rows(points)
-    norms = np.linalg.norm(points, axis=1)
+    norms = _row_norms(points)
+    unit = _unit_rows(points, norms)
     classes = np.arange(unit.shape[0]) if classes is None else np.asarray(classes)
     out = np.zeros(len(classes), dtype=bool)
     for i, c in enumerate(classes):
