@@ -102,7 +102,11 @@ def main() -> None:
     from defenses.signsgd import SignSGD
 
     known = {"signsgd": SignSGD(), "graddrop50": GradDrop(0.5), "graddrop90": GradDrop(0.9)}
-    defended = {name: known[name] for name in filter(None, args.defenses.split(","))}
+    asked = [name for name in args.defenses.split(",") if name]
+    unknown = sorted(set(asked) - set(known))
+    if unknown:
+        parser.error(f"unknown defense(s) {unknown}: choose from {sorted(known)}")
+    defended = {name: known[name] for name in asked}
     sizes = (1, 4) if args.quick else tuple(int(s) for s in args.sizes.split(","))
     trials = 2 if args.quick else args.trials
     torch.set_num_threads(1)
