@@ -12,8 +12,9 @@ What it adds to Flower's own commands:
 - each SuperNode serves its Runtime API on its own port (`--port`, default 9094 + partition id),
   so several SuperNodes share a host;
 - a SuperNode runs fedsim's ClientApp in one long-lived worker (`fedsim.deploy_worker`) instead of
-  a fresh `flwr-clientapp` process per message, and waits `--poll` seconds where Flower waits
-  0.5-3 s (`fedsim.flower_waits`; `--cold`: Flower's own per-message process and waits);
+  a fresh `flwr-clientapp` process per message, woken through a pipe as each message arrives, and
+  waits at most `--poll` seconds where Flower waits 0.5-3 s (`fedsim.flower_waits`; `--cold`:
+  Flower's own per-message process and waits);
 - `run` submits fedsim as a Flower app (a generated `pyproject.toml` naming fedsim's ServerApp and
   ClientApp; fedsim itself must be installed on every machine), streams its log, and exits with
   the run's outcome: 0 when the ServerApp completed, 1 when it failed (the reason is printed);
@@ -24,6 +25,7 @@ What it adds to Flower's own commands:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -144,16 +146,25 @@ def _supernode(args: argparse.Namespace) -> None:
         os.execve(cmd[0], cmd, flower_env())
     os.environ.update(flower_env())
     address, parent = f"127.0.0.1:{port}", str(os.getpid())
+    wake_read, wake_write = os.pipe()  # a byte per stored message wakes the worker at once
     worker_args = ["--insecure", "--runtime-api-address", address, "--parent-pid", parent]
-    worker_args += ["--poll", str(args.poll)]
-    worker = subprocess.Popen([sys.executable, "-m", "fedsim.deploy_worker", *worker_args])
+    worker_args += ["--poll", str(args.poll), "--wake-fd", str(wake_read)]
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "fedsim.deploy_worker", *worker_args], pass_fds=(wake_read,)
+    )
+    os.close(wake_read)
+    os.set_blocking(wake_write, False)
     from flwr.supercore.exit import add_exit_handler
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
-    from fedsim.flower_waits import shorten
+    from fedsim.flower_waits import shorten_supernode
+
+    def wake() -> None:
+        with contextlib.suppress(OSError):  # a full pipe already wakes it; a gone worker: none
+            os.write(wake_write, b"m")
 
     add_exit_handler(worker.terminate)
-    shorten(args.poll)
+    shorten_supernode(args.poll, on_message=wake)
     sys.argv = ["flower-supernode", *flower, "--isolation", "process", "--host", "127.0.0.1"]
     try:
         flower_supernode()

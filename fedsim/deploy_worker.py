@@ -9,6 +9,9 @@ Flower's own helpers (`pull_task_input`, `push_message`, `push_task_output`), an
 `context.state` travels back to the SuperNode after each task as with `flwr-clientapp`. A run
 whose ClientApp is not fedsim's gets an error reply naming the fix (`--cold`: Flower's executor).
 
+The SuperNode wakes it through a pipe (`--wake-fd`) as each message arrives; without one it asks
+for work every `--poll` seconds.
+
 python -m fedsim.deploy_worker --runtime-api-address 127.0.0.1:9094 --insecure
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
 import threading
 import time
 import traceback
@@ -118,9 +122,12 @@ def serve(
     root_certificates_path: str | None = None,
     parent_pid: int | None = None,
     poll: float = POLL,
+    wake_fd: int | None = None,
 ) -> None:
     """Take ClientApp tasks from the SuperNode's Runtime API at `address` until the SuperNode
-    (`parent_pid`) is gone; runs one task at a time, like the SuperNode itself."""
+    (`parent_pid`) is gone; runs one task at a time, like the SuperNode itself. Between tasks it
+    asks again every `poll` seconds, or as soon as `wake_fd` (a pipe the SuperNode writes a byte
+    to for each message it stores) is readable."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.constant import TaskType
 
@@ -137,7 +144,20 @@ def serve(
         if res.HasField("task") and res.token:
             run_task(address, res.token, root)
             continue
-        time.sleep(poll)
+        wake_fd = wait_for_wake(wake_fd, poll)
+
+
+def wait_for_wake(wake_fd: int | None, timeout: float) -> int | None:
+    """Wait up to `timeout` seconds for bytes on `wake_fd` (drained); returns the fd to wait on next
+    time: None once the writer has closed it (from then on only the timeout wakes)."""
+    if wake_fd is None:
+        time.sleep(timeout)
+        return None
+    ready, _, _ = select.select([wake_fd], [], [], timeout)
+    if ready and not os.read(wake_fd, 4096):  # end of file: the SuperNode is gone
+        os.close(wake_fd)
+        return None
+    return wake_fd
 
 
 def _alive(pid: int) -> bool:
@@ -168,13 +188,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--insecure", action="store_true")
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--poll", type=float, default=POLL, help="seconds between idle polls")
+    parser.add_argument("--wake-fd", type=int, default=None, help="a pipe: a byte per message")
     args = parser.parse_args(argv)
     level = os.environ.get("FEDSIM_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
     if args.parent_pid is not None:
         _watch_parent(args.parent_pid)
-    serve(args.runtime_api_address, args.root_certificates, args.parent_pid, args.poll)
+    serve(
+        args.runtime_api_address, args.root_certificates, args.parent_pid, args.poll, args.wake_fd
+    )
 
 
 if __name__ == "__main__":

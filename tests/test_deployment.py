@@ -157,28 +157,104 @@ def test_feedback_lines_name_the_device_and_count_replies(caplog):
     ]
 
 
-def test_packing_keeps_the_model_exactly():
-    """The deployed apps send a model as one Array (`fedsim.deploy_packing`): names, dtypes,
-    shapes and values come back unchanged, and an unpacked record passes through."""
+def _content(model_bytes: int = 0):
     import torch
-    from flwr.app import ArrayRecord
+    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-    from fedsim.deploy_packing import pack, unpack
+    state = {"w": torch.randn(3, 4), "steps": torch.tensor(7), "h": torch.ones(2).half()}
+    if model_bytes:
+        state["big"] = torch.randn(model_bytes // 4)
+    config = ConfigRecord({"round": 3, "lr": 0.1, "blob": b"\x00\x01", "ids": [1, 2]})
+    records = {"config": config, "arrays": ArrayRecord(state), "metrics": MetricRecord({"m": 0.5})}
+    return state, RecordDict(records)
 
-    state = {"w": torch.randn(3, 4), "steps": torch.tensor(7), "h": torch.ones(2, dtype=torch.half)}
-    packed = pack(ArrayRecord(state))
-    assert len(packed) == 1 and unpack(ArrayRecord(state)) is None
-    # Messages to several clients may share one content: a second pack leaves it packed once.
-    from flwr.app import Message, RecordDict
+
+@pytest.mark.parametrize("model_bytes", [0, 5 << 20])
+def test_packing_keeps_every_record_exactly(model_bytes):
+    """The deployed apps send a content as one record of two byte strings
+    (`fedsim.deploy_packing`): a small one as a ConfigRecord (3 objects per message), a large one
+    as two byte Arrays; records, their order, names, dtypes, shapes and values come back."""
+    import torch
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    from fedsim.deploy_packing import INLINE_BYTES, PACKED, pack_content, unpack_content
+
+    state, content = _content(model_bytes)
+    packed = pack_content(content)
+    assert list(packed.keys()) == [PACKED]
+    kind = ArrayRecord if model_bytes > INLINE_BYTES else ConfigRecord
+    assert isinstance(packed[PACKED], kind)
+    assert unpack_content(content) is None  # a plain content passes through
+    back = unpack_content(packed)
+    assert list(back.keys()) == ["config", "arrays", "metrics"]
+    assert dict(back["config"]) == dict(content["config"])
+    assert dict(back["metrics"]) == {"m": 0.5}
+    model = back["arrays"].to_torch_state_dict()
+    assert list(model) == list(state)
+    assert all(torch.equal(model[k], v) and model[k].dtype == v.dtype for k, v in state.items())
+
+
+def test_packed_messages_share_one_model_and_keep_the_sent_content():
+    """Messages to several clients may share one content: each is packed once, the shared
+    content the server keeps (the observer's copy of what was sent) is not changed, and an error
+    reply passes through."""
+    from flwr.app import Error, Message
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fedsim.deploy_packing import pack_message
+    from fedsim.deploy_packing import is_packed, pack_message, unpack_message
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    content = RecordDict({"arrays": ArrayRecord(state)})
+    _, content = _content()
     first, second = (Message(content, dst_node_id=n, message_type="train") for n in (5, 6))
-    pack_message(first), pack_message(second)
-    assert unpack(second.content["arrays"]).to_torch_state_dict().keys() == state.keys()
-    back = unpack(packed).to_torch_state_dict()
-    assert list(back) == list(state)
-    assert all(torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in state.items())
+    cache: dict = {}
+    pack_message(first, cache), pack_message(second, cache), pack_message(second, cache)
+    assert is_packed(first.content) and is_packed(second.content) and len(cache) == 1
+    assert list(content.keys()) == ["config", "arrays", "metrics"]  # the sent content as it was
+    assert unpack_message(second) and list(second.content.keys()) == list(content.keys())
+    assert not unpack_message(second)  # already plain
+    error = Message(Error(code=1, reason="boom"), reply_to=first)
+    pack_message(error)
+    assert error.has_error() and not unpack_message(error)
+
+
+def test_waits_back_off_and_restart():
+    """The deployed processes' waits (`fedsim.flower_waits`): a backoff doubling to its cap and
+    starting over; Flower's idle SuperLink wait (3 s) becomes that backoff, its waits on its own
+    memory (0.5 s) become LOCAL seconds."""
+    from fedsim.flower_waits import LOCAL, Backoff, ShortSleeps
+
+    wait = Backoff(0.02, 0.1)
+    assert [wait.next() for _ in range(5)] == [0.02, 0.04, 0.08, 0.1, 0.1]
+    wait.reset()
+    assert wait.next() == 0.02
+    slept: list[float] = []
+    sleeps = ShortSleeps(poll=0.1, first=0.02)
+    import fedsim.flower_waits as waits
+
+    real = waits.time.sleep
+    waits.time.sleep = slept.append
+    try:
+        sleeps.sleep(3), sleeps.sleep(3), sleeps.sleep(0.5), sleeps.sleep(3)
+        sleeps.idle.reset()
+        sleeps.sleep(3)
+    finally:
+        waits.time.sleep = real
+    assert slept == [0.02, 0.04, LOCAL, 0.08, 0.02]
+    assert sleeps.monotonic() > 0  # everything else is the time module
+
+
+def test_worker_wakes_on_a_byte_and_falls_back_to_its_poll_when_the_pipe_closes():
+    """The warm worker waits on a pipe the SuperNode writes a byte to per stored message:
+    a byte wakes it at once (drained), no byte means the poll timeout, and a closed pipe (the
+    SuperNode gone) leaves only the timeout."""
+    from fedsim.deploy_worker import wait_for_wake
+
+    read, write = os.pipe()
+    os.write(write, b"mm")
+    start = time.monotonic()
+    assert wait_for_wake(read, 5.0) == read and time.monotonic() - start < 1.0
+    start = time.monotonic()
+    assert wait_for_wake(read, 0.05) == read and time.monotonic() - start >= 0.04  # drained
+    os.close(write)
+    assert wait_for_wake(read, 5.0) is None
+    assert wait_for_wake(None, 0.01) is None
