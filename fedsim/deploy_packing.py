@@ -113,6 +113,22 @@ def unpack_message(message: Message) -> bool:
     return True
 
 
+def _packed(messages: Iterable[Message]) -> list[Message]:
+    """The messages, each packed in place (one serialised model per shared model record)."""
+    messages, cache = list(messages), {}
+    for message in messages:
+        pack_message(message, cache)
+    return messages
+
+
+def _unpacked(replies: Iterable[Message]) -> list[Message]:
+    """The replies, each unpacked in place."""
+    replies = list(replies)
+    for reply in replies:
+        unpack_message(reply)
+    return replies
+
+
 class PackedGrid(WrappedGrid):
     """A Grid that packs the content of each message it sends and unpacks each reply's. Its replies
     cross the network, so `ObservedGrid` looks for them first after `first_poll` seconds."""
@@ -120,22 +136,10 @@ class PackedGrid(WrappedGrid):
     first_poll = 0.02
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        messages, cache = list(messages), {}
-        for message in messages:
-            pack_message(message, cache)
-        return self._inner.push_messages(messages)
+        return self._inner.push_messages(_packed(messages))
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        replies = list(self._inner.pull_messages(message_ids))
-        for reply in replies:
-            unpack_message(reply)
-        return replies
+        return _unpacked(self._inner.pull_messages(message_ids))
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):
-        messages, cache = list(messages), {}
-        for message in messages:
-            pack_message(message, cache)
-        replies = list(self._inner.send_and_receive(messages, timeout=timeout))
-        for reply in replies:
-            unpack_message(reply)
-        return replies
+        return _unpacked(self._inner.send_and_receive(_packed(messages), timeout=timeout))

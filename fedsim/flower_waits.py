@@ -57,7 +57,7 @@ class ShortSleeps:
     node's own memory) `local` seconds."""
 
     def __init__(self, poll: float, local: float = LOCAL, first: float = FIRST) -> None:
-        self.poll, self.local = poll, min(local, poll)
+        self.local = min(local, poll)
         self.idle = Backoff(first, poll)
 
     def sleep(self, seconds: float) -> None:
@@ -94,11 +94,11 @@ def shorten_supernode(poll: float = 0.1, on_message: Callable[[], None] | None =
     from flwr.supernode import start_client_internal as loop
 
     shorten(poll)
+    pull, push = loop._pull_and_store_message, loop._push_messages
+    if getattr(pull, "fedsim_wrapped", False):  # once per process: the wrappers hold `sleeps`
+        return
     sleeps = ShortSleeps(poll)
     loop.time = sleeps
-    pull, push = loop._pull_and_store_message, loop._push_messages
-    if getattr(pull, "fedsim_wrapped", False):
-        return
 
     @functools.wraps(pull)
     def pull_and_store(*args, **kwargs):
