@@ -33,7 +33,7 @@ from threadpoolctl import threadpool_limits
 
 from attacks.labelset import LabelSet
 from attacks.rlg_cone import separable_fast, separable_lp
-from attacks.rlg_rank import RowSpace, one_blas_thread, row_space
+from attacks.rlg_rank import RowSpace, one_blas_thread, row_space, steep_gap
 from fedcore import Finding, not_applicable
 from fedcore.tensors import to_numpy
 
@@ -133,11 +133,13 @@ def _reveal(
     w: np.ndarray, num_labels: int | None, bias: np.ndarray | None, search: _Search, start: float
 ) -> Finding:
     """The label set of a finite, non-zero `(C, d)` update; retries at the next spectral gap
-    when the first one gives no label set (S unknown)."""
-    after, first = 0, None
-    for attempt in range(MAX_GAP_TRIES):
-        space = row_space(w, num_labels, ratio=search.rank_ratio, floor=search.rank_floor,
-                          seed=search.seed, after=after)  # fmt: skip
+    when the first one gives no label set, then once at the last steep gap below the first
+    estimate (`attacks.rlg_rank.steep_gap`; S unknown)."""
+    after, first, steep, tries = 0, None, None, 0
+    while True:
+        tries += 1
+        space = row_space(w, num_labels if steep is None else steep, ratio=search.rank_ratio,
+                          floor=search.rank_floor, seed=search.seed, after=after)  # fmt: skip
         if space.method.startswith("failed"):
             return not_applicable(f"weight update {space.method.removeprefix('failed: ')}")
         if space.rank == 0 and not np.any(space.column_sums) and not np.any(w):
@@ -154,18 +156,26 @@ def _reveal(
             "row_sum_residual": row_sum,
             "seconds_row_space": time.perf_counter() - start,
             "seconds_stages": dict(space.seconds),
-            "gap_tries": attempt + 1,
+            "gap_tries": tries,
         }
+        if steep is not None:
+            diag["rank_from"] = f"steep gap below S = {first[1]['rank']} ({first[0]})"
         labels, reason = _labels_of(space, search, diag, start)
-        if reason is None:
+        if reason is not None and first is None:
+            first = (reason, diag)
+            # A defense's residue under the label directions (GradDrop): the last try.
+            fallback = steep_gap(space, float(np.finfo(w.dtype).eps), search.rank_floor)
+        if reason is None or steep is not None or num_labels is not None:
             break
-        first = first or (reason, diag)
         # A gap among the first singular values (one dominant direction, e.g. features that
         # share a large mean) can hide the true rank further down: try the next gap.
         too_many = search.max_labels is not None and space.rank > search.max_labels
-        if too_many or num_labels is not None or not 0 < space.rank < space.structural_rank - 1:
-            break
-        after = space.rank
+        if too_many or tries >= MAX_GAP_TRIES or not 0 < space.rank < space.structural_rank - 1:
+            if fallback is None:
+                break
+            steep, after = fallback, 0
+        else:
+            after = space.rank
     if reason is not None:
         return not_applicable(first[0], **{**first[1], "gap_tries": diag["gap_tries"]})
     total = int(num_labels) if num_labels is not None else space.rank

@@ -49,7 +49,14 @@ import numpy as np
 from scipy.linalg import solve_triangular
 from threadpoolctl import ThreadpoolController
 
-__all__ = ["RowSpace", "clear_sketch_cache", "gap_rank", "one_blas_thread", "row_space"]
+__all__ = [
+    "RowSpace",
+    "clear_sketch_cache",
+    "gap_rank",
+    "one_blas_thread",
+    "row_space",
+    "steep_gap",
+]
 
 _BLAS = ThreadpoolController()
 
@@ -136,6 +143,25 @@ def gap_rank(
             spread = np.where(rows > cols, (rows + cols) / (rows - cols), np.inf)
         hits = hits[rest <= ratio * spread]
     return int(hits[-1]) + 1 if hits.size else None
+
+
+def steep_gap(
+    space: RowSpace, eps: float, floor: float = 10.0, sure_ratio: float = 8.0
+) -> int | None:
+    """The last i below `space.rank` with s_i / s_{i+1} > `sure_ratio` and s_i above the floor
+    (`gap_rank` on the spectrum `space` used, with the Gram's own noise level on a sketch), or
+    None.
+
+    The caller's fallback when the estimated rank gave no label set: a defense can leave a
+    structured residue under the S label directions (GradDrop keeps the larger half of the
+    entries: s_S / s_S+1 = 9-60 on LAS, ~250 on a synthetic head, and a residue that decays
+    over the next ~100-200 values instead of lying flat), so the rule takes a later gap in the
+    residue (S ~ 90-200) that is too large or not a label set. 8 is twice the rule's ratio and
+    above the dominant direction of ReLU/avgpool features (s_1 / s_2 = 3.5-6.2 on ResNet-50,
+    LAS, Whisper-LAS)."""
+    if space.method == "sketch":
+        eps = max(eps, GRAM_EPS / floor)
+    return gap_rank(space.singular_values, space.rank, eps, sure_ratio, floor)
 
 
 def _numerical_rank(sv: np.ndarray, eps: float, floor: float) -> int:
