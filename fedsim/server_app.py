@@ -258,6 +258,16 @@ def _log_to_stdout() -> None:
     log.setLevel(logging.INFO)
 
 
+def _without_config_traceback(record: logging.LogRecord) -> bool:
+    """Flower logs a failed ServerApp with its traceback; a fedsim config error has been said in
+    one line already, so its record keeps the message and loses the traceback."""
+    from fedsim.config import ConfigError
+
+    if record.exc_info and isinstance(record.exc_info[1], ConfigError):
+        record.exc_info, record.exc_text = None, None
+    return True
+
+
 def deployed_config(overrides: list[str], run_id: int) -> tuple[dict, Path]:
     """The config and run directory of a deployed run: the composed overrides, or for `resume=`
     the saved config with this command's `fl.rounds` (and device) as `fedsim` resumes. Without
@@ -295,6 +305,7 @@ def _deployed_main(grid: Grid, context: Context) -> None:
         device = check_buildable(cfg)
     except (ConfigError, MissingDataError) as exc:
         log.error("config error: %s", exc)
+        logging.getLogger("flwr").addFilter(_without_config_traceback)
         raise ConfigError(f"config error: {exc}") from None
     audit = cfg.get("audit")
     run_dir.mkdir(parents=True, exist_ok=True)

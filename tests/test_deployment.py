@@ -79,6 +79,7 @@ def test_a_failing_serverapp_fails_the_command(insecure, tmp_path):
     result = insecure.run(*FAST, "fl.rounds=1", "fl.lr=abc", f"output={tmp_path / 'bad'}")
     assert result.returncode == 1, result.stdout[-3000:]
     assert "[fedsim] config error:" in result.stdout and "fl.lr" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr  # the one line says it all
     assert "finished:failed" in result.stderr
     assert not (tmp_path / "bad").exists()  # nothing written for a config error
 
