@@ -135,7 +135,8 @@ def _reveal(
     """The label set of a finite, non-zero `(C, d)` update; retries at the next spectral gap
     when the first one gives no label set, then once at the last steep gap below the first
     estimate (`attacks.rlg_rank.steep_gap`; S unknown)."""
-    after, first, steep, tries = 0, None, None, 0
+    after, tries, first = 0, 0, None
+    fallback = steep = None  # the steep-gap rank below the first estimate; once it is tried
     while True:
         tries += 1
         space = row_space(w, num_labels if steep is None else steep, ratio=search.rank_ratio,

@@ -160,8 +160,14 @@ def steep_gap(
     above the dominant direction of ReLU/avgpool features (s_1 / s_2 = 3.5-6.2 on ResNet-50,
     LAS, Whisper-LAS)."""
     if space.method == "sketch":
-        eps = max(eps, GRAM_EPS / floor)
+        eps = _sketch_eps(eps, floor)
     return gap_rank(space.singular_values, space.rank, eps, sure_ratio, floor)
+
+
+def _sketch_eps(eps: float, floor: float) -> float:
+    """The relative precision of singular values from a sketch's float64 Gram: ~sqrt(eps64)
+    absolute noise, so a value below `floor` times this is never trusted."""
+    return max(eps, GRAM_EPS / floor)
 
 
 def _numerical_rank(sv: np.ndarray, eps: float, floor: float) -> int:
@@ -227,8 +233,7 @@ def row_space(
     blocks: list[np.ndarray] = []
     have, col_sums, live, limit = 0, None, dim, min(num_classes - 1, dim)
     norms2: list[np.ndarray] = []
-    # Gram-based singular values carry ~sqrt(eps64) absolute noise: never trust values below it.
-    eps_eff = max(eps, GRAM_EPS / floor)
+    eps_eff = _sketch_eps(eps, floor)
     while True:
         # Right sketch X = W^T Psi with centred Psi (= W_c^T Psi). The first block also
         # carries the all-ones column: W^T 1, the column sums, for free.

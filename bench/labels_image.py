@@ -140,7 +140,9 @@ def score_pair(dw, db, truth, lr=LR, bound: int | None = None) -> dict:
     out["rlg_not_applicable"] = float(not rlg.ok)
     out["rlg_seconds"] = float(rlg.diagnostics.get("seconds", np.nan))
     if bound is not None:
-        plugin = reveal_labels(dw, bias_update=db, max_labels=bound)
+        # A first estimate within the bound that gave a label set is what the plugin gets too.
+        same = rlg.ok and rlg.diagnostics["gap_tries"] == 1 and rlg.diagnostics["rank"] <= bound
+        plugin = rlg if same else reveal_labels(dw, bias_update=db, max_labels=bound)
         scores = label_set_scores(plugin.labels if plugin.ok else (), truth)
         out.update({f"rlgb_{k}": v for k, v in scores.items()})
         out["rlgb_not_applicable"] = float(not plugin.ok)

@@ -218,7 +218,7 @@ def test_packed_messages_share_one_model_and_keep_the_sent_content():
     assert error.has_error() and not unpack_message(error)
 
 
-def test_waits_back_off_and_restart():
+def test_waits_back_off_and_restart(monkeypatch):
     """The deployed processes' waits (`fedsim.flower_waits`): a backoff doubling to its cap and
     starting over; Flower's idle SuperLink wait (3 s) becomes that backoff, its waits on its own
     memory (0.5 s) become LOCAL seconds."""
@@ -232,14 +232,11 @@ def test_waits_back_off_and_restart():
     sleeps = ShortSleeps(poll=0.1, first=0.02)
     import fedsim.flower_waits as waits
 
-    real = waits.time.sleep
-    waits.time.sleep = slept.append
-    try:
-        sleeps.sleep(3), sleeps.sleep(3), sleeps.sleep(0.5), sleeps.sleep(3)
-        sleeps.idle.reset()
-        sleeps.sleep(3)
-    finally:
-        waits.time.sleep = real
+    monkeypatch.setattr(waits.time, "sleep", slept.append)
+    sleeps.sleep(3), sleeps.sleep(3), sleeps.sleep(0.5), sleeps.sleep(3)
+    sleeps.idle.reset()
+    sleeps.sleep(3)
+    monkeypatch.undo()
     assert slept == [0.02, 0.04, LOCAL, 0.08, 0.02]
     assert sleeps.monotonic() > 0  # everything else is the time module
 
