@@ -11,9 +11,9 @@ What it adds to Flower's own commands:
   `flwr-serverapp`, `flwr-clientapp`) next to this Python, whether or not the venv is on PATH;
 - each SuperNode serves its Runtime API on its own port (`--port`, default 9094 + partition id),
   so several SuperNodes share a host;
-- a SuperNode runs fedsim's ClientApp in one long-lived worker (`fedsim.deploy_worker`) instead of
-  a fresh `flwr-clientapp` process per message, woken through a pipe as each message arrives, and
-  waits at most `--poll` seconds where Flower waits 0.5-3 s (`fedsim.flower_waits`; `--cold`:
+- a SuperNode runs fedsim's ClientApp inside its own process, in its loop as each message
+  arrives (`fedsim.deploy_clientapp`), instead of a fresh `flwr-clientapp` process per message,
+  and waits at most `--poll` seconds where Flower waits 0.5-3 s (`fedsim.flower_waits`; `--cold`:
   Flower's own per-message process and waits);
 - `run` submits fedsim as a Flower app (a generated `pyproject.toml` naming fedsim's ServerApp and
   ClientApp; fedsim itself must be installed on every machine), streams its log, and exits with
@@ -25,7 +25,6 @@ What it adds to Flower's own commands:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -145,31 +144,30 @@ def _supernode(args: argparse.Namespace) -> None:
         cmd = [_bin("flower-supernode"), *flower, "--isolation", "subprocess"]
         os.execve(cmd[0], cmd, flower_env())
     os.environ.update(flower_env())
-    address, parent = f"127.0.0.1:{port}", str(os.getpid())
-    wake_read, wake_write = os.pipe()  # a byte per stored message wakes the worker at once
-    worker_args = ["--insecure", "--runtime-api-address", address, "--parent-pid", parent]
-    worker_args += ["--poll", str(args.poll), "--wake-fd", str(wake_read)]
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "fedsim.deploy_worker", *worker_args], pass_fds=(wake_read,)
-    )
-    os.close(wake_read)
-    os.set_blocking(wake_write, False)
-    from flwr.supercore.exit import add_exit_handler
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
+    import fedsim.client_app  # noqa: F401  (torch and fedsim imported once, before any message)
+    from fedsim.deploy_clientapp import run_pending_tasks
     from fedsim.flower_waits import shorten_supernode
 
-    def wake() -> None:
-        with contextlib.suppress(OSError):  # a full pipe already wakes it; a gone worker: none
-            os.write(wake_write, b"m")
-
-    add_exit_handler(worker.terminate)
-    shorten_supernode(args.poll, on_message=wake)
+    _log_fedsim_lines()
+    shorten_supernode(args.poll, on_message=run_pending_tasks)
+    # Flower's Runtime API still listens (on --port), but no ClientApp process is started: the
+    # SuperNode's loop runs each task itself (`fedsim.deploy_clientapp`).
     sys.argv = ["flower-supernode", *flower, "--isolation", "process", "--host", "127.0.0.1"]
-    try:
-        flower_supernode()
-    finally:
-        worker.terminate()
+    flower_supernode()
+
+
+def _log_fedsim_lines() -> None:
+    """fedsim's own log lines (the ClientApp's errors) on stderr, at `FEDSIM_LOG_LEVEL`."""
+    import logging
+
+    logger = logging.getLogger("fedsim")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(os.environ.get("FEDSIM_LOG_LEVEL", "INFO").upper())
 
 
 def _toml_string(text: str) -> str:

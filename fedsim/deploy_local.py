@@ -37,10 +37,11 @@ def deploy_command(*args: str) -> list[str]:
 
 
 class LocalDeployment:
-    """`nodes` SuperNodes for partitions 0..nodes-1 (warm fedsim workers, or Flower's own
-    per-message processes with `cold`), TLS when `certificates` (a `fedsim-deploy certificates`
-    directory) is given. `env`: the processes' environment (default: this one, with FLWR_HOME in
-    `tmp`). Logs go to `tmp/<name>.log` (superlink, node0, node1, ...)."""
+    """`nodes` SuperNodes for partitions 0..nodes-1 (warm: fedsim's ClientApp inside each
+    SuperNode's process; `cold`: Flower's own per-message processes), TLS when `certificates`
+    (a `fedsim-deploy certificates` directory) is given. `env`: the processes' environment
+    (default: this one, with FLWR_HOME in `tmp`). Logs go to `tmp/<name>.log` (superlink,
+    node0, node1, ...)."""
 
     def __init__(
         self,
@@ -93,9 +94,9 @@ class LocalDeployment:
         return self
 
     def _wait_ready(self) -> None:
-        """Each warm node's worker says so once torch and fedsim are imported; a cold node is
-        ready once it has its node id from the SuperLink."""
-        ready = "SuperNode ID" if self.cold else "taking tasks"
+        """A node is ready once it has its node id from the SuperLink (a warm node imports torch
+        and fedsim before it connects)."""
+        ready = "SuperNode ID"
         deadline = time.monotonic() + START_TIMEOUT
         for i in range(self.nodes):
             while ready not in self.log(f"node{i}"):

@@ -6,13 +6,14 @@ its own memory), and every pull of a message's objects that finds one not there 
 then 2 s, ... (up to 10 s). On one host or a LAN these waits, not training, made most of a deployed
 round (see the README's deployment timings). In the process that calls them:
 
-- `shorten(poll)` cuts the object-pull backoffs to `poll` seconds (SuperNode, its ClientApp
-  worker, the deployed ServerApp);
+- `shorten(poll)` cuts the object-pull backoffs to `poll` seconds (SuperNode, deployed
+  ServerApp);
 - `shorten_supernode(poll, on_message)` also replaces the SuperNode loop's sleeps: a wait on its
   own memory polls every `LOCAL` seconds, and an idle wait for the SuperLink is a `Backoff` from
   `FIRST` seconds doubling to `poll`, restarted whenever a message came or a reply went (the next
-  one is then likely soon); `on_message()` is called each time a message has been stored (the
-  warm worker's wake-up).
+  one is then likely soon); `on_message(state, object_store)` is called each time a message has
+  been stored, with the SuperNode's NodeState and ObjectStore (where the warm SuperNode runs the
+  ClientApp in-process).
 
 The cost: an idle SuperNode asks the SuperLink for work every `poll` seconds instead of every 3 s.
 """
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from types import ModuleType
+from typing import Any
 
 __all__ = ["FIRST", "LOCAL", "Backoff", "ShortSleeps", "shorten", "shorten_supernode"]
 
@@ -88,9 +90,12 @@ def shorten(poll: float = 0.1) -> None:
     _short_backoff(http_grid, "pull_objects", poll)
 
 
-def shorten_supernode(poll: float = 0.1, on_message: Callable[[], None] | None = None) -> None:
+def shorten_supernode(
+    poll: float = 0.1, on_message: Callable[[Any, Any], object] | None = None
+) -> None:
     """`shorten(poll)`, and the SuperNode loop's sleeps replaced (see the module docstring);
-    `on_message()` runs after each message the SuperNode has pulled and stored."""
+    `on_message(state, object_store)` runs in the loop after each message the SuperNode has
+    pulled and stored, before the loop pushes the replies."""
     from flwr.supernode import start_client_internal as loop
 
     shorten(poll)
@@ -106,7 +111,7 @@ def shorten_supernode(poll: float = 0.1, on_message: Callable[[], None] | None =
         if run_id is not None:
             sleeps.idle.reset()
             if on_message is not None:
-                on_message()
+                on_message(kwargs["state"], kwargs["object_store"])
         return run_id
 
     @functools.wraps(push)

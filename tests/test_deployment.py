@@ -106,7 +106,7 @@ def test_tls_deployment(tls, tmp_path):
 
 def test_a_supernode_killed_mid_round(tls, tmp_path):
     """(Last: it kills a node of the TLS deployment.) Client 1 trains, then its defense sleeps;
-    its SuperNode (with its worker) is SIGKILLed while it sleeps. The round ends at
+    its SuperNode (the ClientApp runs in it) is SIGKILLed while it sleeps. The round ends at
     `round_timeout` with a `timeout` row naming client 1, the run goes on to round 2 (client 1
     again gone, or no longer sampled) and ends cleanly with every row kept."""
     out = tmp_path / "run"
@@ -241,18 +241,92 @@ def test_waits_back_off_and_restart(monkeypatch):
     assert sleeps.monotonic() > 0  # everything else is the time module
 
 
-def test_worker_wakes_on_a_byte_and_falls_back_to_its_poll_when_the_pipe_closes():
-    """The warm worker waits on a pipe the SuperNode writes a byte to per stored message:
-    a byte wakes it at once (drained), no byte means the poll timeout, and a closed pipe (the
-    SuperNode gone) leaves only the timeout."""
-    from fedsim.deploy_worker import wait_for_wake
+def _node_holding_a_message(clientapp: str):
+    """A SuperNode's NodeState after its loop has pulled and stored a "train" message of run 3
+    (with its task) for a run whose app names `clientapp`; returns (state, message)."""
+    import hashlib
+    import io
+    import zipfile
 
-    read, write = os.pipe()
-    os.write(write, b"mm")
-    start = time.monotonic()
-    assert wait_for_wake(read, 5.0) == read and time.monotonic() - start < 1.0
-    start = time.monotonic()
-    assert wait_for_wake(read, 0.05) == read and time.monotonic() - start >= 0.04  # drained
-    os.close(write)
-    assert wait_for_wake(read, 5.0) is None
-    assert wait_for_wake(None, 0.01) is None
+    from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.fab import Fab
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supercore.run import Run
+    from flwr.supernode.nodestate import NodeStateFactory
+    from flwr.supernode.start_client_internal import _insert_message
+
+    from fedsim.deploy import _APP_TOML
+    from fedsim.deploy_clientapp import FEDSIM_CLIENTAPP
+
+    state = NodeStateFactory(ObjectStoreFactory()).state()
+    state.set_node_id(7)
+    bundle = io.BytesIO()
+    with zipfile.ZipFile(bundle, "w") as fab:
+        toml = _APP_TOML.format(version="1.0.0").replace(FEDSIM_CLIENTAPP, clientapp)
+        fab.writestr("pyproject.toml", toml)
+    content = bundle.getvalue()
+    run = Run.create_empty(3)
+    run.fab_hash = state.store_fab(Fab(hashlib.sha256(content).hexdigest(), content, {}))
+    state.store_run(run)
+    context = Context(run_id=3, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    state.set_run_series_context(run.series_id, context)
+    metadata = Metadata(run_id=3, message_id="", src_node_id=1, dst_node_id=7,
+                        reply_to_message_id="", group_id="1", created_at=time.time(),
+                        ttl=600.0, message_type="train")  # fmt: skip
+    message = Message(RecordDict({"config": ConfigRecord({"x": 2})}), metadata=metadata)
+    _insert_message(message, state, state.object_store)
+    state.create_task(task_type=TaskType.CLIENT_APP, run_id=3, fab_hash=run.fab_hash)
+    return state, message
+
+
+def test_the_supernode_answers_a_stored_message_in_its_own_process(monkeypatch):
+    """The warm SuperNode's loop runs the task on its NodeState: the ClientApp gets the message
+    as sent and the node's context, the task's heartbeat is acknowledged while it trains, its
+    reply is stored for the loop to push (timed, as Flower times a ClientApp process), the
+    context it changed is kept, the task is finished, and nothing is left to run."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+    from flwr.common.constant import Status, SubStatus
+
+    import fedsim.client_app
+    import fedsim.deploy_clientapp
+    from fedsim.deploy_clientapp import FEDSIM_CLIENTAPP, run_pending_tasks
+
+    def app(message, context):
+        time.sleep(0.3)  # training
+        context.state["seen"] = ConfigRecord({"rounds": 1})
+        x = message.content["config"]["x"]
+        return Message(RecordDict({"config": ConfigRecord({"y": x * 10})}), reply_to=message)
+
+    monkeypatch.setattr(fedsim.client_app, "app", app)
+    monkeypatch.setattr(fedsim.deploy_clientapp, "HEARTBEAT", 0.05)
+    state, sent = _node_holding_a_message(FEDSIM_CLIENTAPP)
+    beats, acknowledge = [], state.acknowledge_task_heartbeat
+    state.acknowledge_task_heartbeat = lambda task_id: beats.append(acknowledge(task_id))
+    assert run_pending_tasks(state, state.object_store) == ["ok"]
+    assert len(beats) >= 3 and all(beats)  # each one extended the running task's claim
+    (reply,) = state.get_messages_legacy(is_reply=True)
+    assert reply.metadata.reply_to_message_id == sent.metadata.message_id
+    assert state.get_message_processing_duration(sent.metadata.message_id) >= 0.0
+    tree = state.object_store.get_object_tree(reply.metadata.message_id)
+    assert tree.object_id == reply.metadata.message_id  # the loop pushes it from the store
+    (task,) = state.get_tasks()
+    assert (task.status.status, task.status.sub_status) == (Status.FINISHED, SubStatus.COMPLETED)
+    assert state.get_run_series_context(0).state["seen"]["rounds"] == 1
+    assert run_pending_tasks(state, state.object_store) == []
+
+
+def test_the_supernode_replies_with_an_error_naming_the_fix():
+    """A run whose ClientApp is not fedsim's gets an error reply saying to use `--cold`, and
+    its task is finished as failed; the SuperNode goes on."""
+    from flwr.common.constant import Status, SubStatus
+
+    from fedsim.deploy_clientapp import run_pending_tasks
+
+    state, _ = _node_holding_a_message("other_project.client:app")
+    assert run_pending_tasks(state, state.object_store) == ["failed"]
+    (reply,) = state.get_messages_legacy(is_reply=True)
+    assert reply.has_error() and "--cold" in reply.error.reason
+    assert reply.error.reason.startswith("RuntimeError: this SuperNode runs only")
+    (task,) = state.get_tasks()
+    assert (task.status.status, task.status.sub_status) == (Status.FINISHED, SubStatus.FAILED)
