@@ -107,9 +107,14 @@ def build_client_app(cfg: dict, state_dir: str | Path | None = None) -> ClientAp
 
 @lru_cache(maxsize=4)
 def _app_for(overrides: str) -> ClientApp:
+    """The deployed ClientApp for a run's overrides. `backend.*` describes simulation only: a
+    deployed client trains with its SuperNode's torch threads (`fedsim-deploy supernode
+    --threads`, default all of the machine's cores), not Ray's `client_threads`."""
     from fedsim.config import compose_config
 
-    return build_client_app(compose_config(shlex.split(overrides)))
+    cfg = compose_config(shlex.split(overrides))
+    cfg["backend"] = {**(cfg.get("backend") or {}), "client_threads": None}
+    return build_client_app(cfg)
 
 
 def _deployed(msg: Message, context: Context) -> Message:

@@ -2,7 +2,7 @@
 
 fedsim-deploy superlink [--host 0.0.0.0] [--port 9092] [--outputs DIR] [--certificates DIR]
 fedsim-deploy supernode --superlink HOST:9092 --partition-id I --num-partitions N [--port P]
-                        [--root-certificates ca.pem] [--cold]
+                        [--root-certificates ca.pem] [--threads T] [--cold]
 fedsim-deploy run --superlink HOST:9092 [--root-certificates ca.pem] [HYDRA OVERRIDES ...]
 fedsim-deploy certificates DIR --host HOST [--host NAME ...]
 
@@ -142,14 +142,23 @@ def _supernode(args: argparse.Namespace) -> None:
     flower += args.flower_args
     if args.cold:  # Flower's own executor: a fresh flwr-clientapp per message
         cmd = [_bin("flower-supernode"), *flower, "--isolation", "subprocess"]
-        os.execve(cmd[0], cmd, flower_env())
+        threads = {"OMP_NUM_THREADS": str(args.threads)} if args.threads is not None else {}
+        os.execve(cmd[0], cmd, flower_env(threads))
     os.environ.update(flower_env())
+    import torch
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     import fedsim.client_app  # noqa: F401  (torch and fedsim imported once, before any message)
     from fedsim.deploy_clientapp import run_pending_tasks
     from fedsim.flower_waits import shorten_supernode
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    print(
+        f"fedsim-deploy: SuperNode for partition {args.partition_id} of {args.num_partitions};"
+        f" fedsim's ClientApp runs in this process, {torch.get_num_threads()} torch threads",
+        flush=True,
+    )
     _log_fedsim_lines()
     shorten_supernode(args.poll, on_message=run_pending_tasks)
     # Flower's Runtime API still listens (on --port), but no ClientApp process is started: the
@@ -240,6 +249,13 @@ def run(
     return 1
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedsim-deploy", description=__doc__.split("\n\n")[0],
@@ -258,6 +274,9 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--port", type=int, help=f"Runtime API port (default {RUNTIME_PORT} + id)")
     node.add_argument("--root-certificates", help="the SuperLink's CA (TLS); none: insecure")
     node.add_argument("--poll", type=float, default=POLL, help="seconds between idle pulls")
+    node.add_argument(
+        "--threads", type=_positive_int, help="torch threads for training (default: all cores)"
+    )
     node.add_argument("--cold", action="store_true", help="Flower's process per message")
     submit = sub.add_parser("run", help="run fedsim on the SuperLink; exit 0 / 1 as it ends")
     submit.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")

@@ -40,7 +40,8 @@ class LocalDeployment:
     """`nodes` SuperNodes for partitions 0..nodes-1 (warm: fedsim's ClientApp inside each
     SuperNode's process; `cold`: Flower's own per-message processes), TLS when `certificates`
     (a `fedsim-deploy certificates` directory) is given. `env`: the processes' environment
-    (default: this one, with FLWR_HOME in `tmp`). Logs go to `tmp/<name>.log` (superlink,
+    (default: this one, with FLWR_HOME in `tmp`). Each node trains with its share of this host's
+    cores (`--threads`: cores // nodes, at least 1). Logs go to `tmp/<name>.log` (superlink,
     node0, node1, ...)."""
 
     def __init__(
@@ -52,6 +53,7 @@ class LocalDeployment:
         env: dict[str, str] | None = None,
     ) -> None:
         self.tmp, self.nodes, self.cold = Path(tmp), nodes, cold
+        self.threads = max(1, (os.cpu_count() or 1) // nodes)
         self.certs = Path(certificates) if certificates else None
         self.env = dict(env if env is not None else os.environ)
         self.env.setdefault("FLWR_HOME", str(self.tmp / "flwr_home"))
@@ -85,6 +87,7 @@ class LocalDeployment:
             for i in range(self.nodes):
                 node = ["supernode", "--superlink", self.address, "--partition-id", str(i)]
                 node += ["--num-partitions", str(self.nodes), "--port", str(free_port())]
+                node += ["--threads", str(self.threads)]
                 node += [*self._tls(), *(["--cold"] if self.cold else [])]
                 self._start(f"node{i}", *node)
             self._wait_ready()
