@@ -83,8 +83,9 @@ def _commit() -> str:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()
     dirty = subprocess.run(
-        ["git", "status", "--porcelain"], capture_output=True, text=True, cwd=ROOT
-    )
+        ["git", "status", "--porcelain", "--", ".", ":!bench/results"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip  (the results of earlier benches do not make the code dirty)
     return head + (" + working tree" if dirty.stdout.strip() else "")
 
 
