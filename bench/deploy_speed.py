@@ -82,10 +82,10 @@ def _commit() -> str:
     head = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()
-    dirty = subprocess.run(
+    dirty = subprocess.run(  # earlier benches' results do not make the code dirty
         ["git", "status", "--porcelain", "--", ".", ":!bench/results"],
         capture_output=True, text=True, cwd=ROOT,
-    )  # fmt: skip  (the results of earlier benches do not make the code dirty)
+    )  # fmt: skip
     return head + (" + working tree" if dirty.stdout.strip() else "")
 
 
