@@ -154,9 +154,11 @@ def _supernode(args: argparse.Namespace) -> None:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
     print(
         f"fedsim-deploy: SuperNode for partition {args.partition_id} of {args.num_partitions};"
-        f" fedsim's ClientApp runs in this process, {torch.get_num_threads()} torch threads",
+        f" fedsim's ClientApp runs in this process, {threads} torch thread"
+        + ("s" if threads != 1 else ""),
         flush=True,
     )
     _log_fedsim_lines()

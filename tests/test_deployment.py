@@ -64,7 +64,7 @@ def test_insecure_run_logs_scored_rounds_prints_its_directory_and_resumes(insecu
     assert f"[fedsim] run directory: {run_dir}" in result.stdout
     assert "[fedsim] round 2/2" in result.stdout  # fedsim's round lines reach the stream
     # Each SuperNode trains in its own process with its share of the host's cores.
-    assert f"in this process, {insecure.threads} torch threads" in insecure.log("node0")
+    assert f"in this process, {insecure.threads} torch thread" in insecure.log("node0")
     _check_scored_rounds(run_dir, 2)
     # A deployed run resumes like any other: `fedsim resume=<dir> fl.rounds=3` (here in-process,
     # as `fedsim.cli` does it) continues from the config.yaml and checkpoint in its directory.
