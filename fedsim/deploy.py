@@ -30,6 +30,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +39,7 @@ __all__ = ["app_dir", "flower_env", "main", "write_connection"]
 
 RUNTIME_PORT = 9094  # a SuperNode's Runtime API port is this + its partition id by default
 POLL = 0.1  # seconds between a warm SuperNode's pulls while idle (Flower's own loop: 3 s)
+PENDING_HINT = 60.0  # seconds after which `run` says that a run has still not started
 OUTPUTS_ENV = "FEDSIM_OUTPUTS"  # the SuperLink's --outputs, read by the deployed ServerApp
 
 _APP_TOML = """\
@@ -196,6 +198,26 @@ def _run_status(connection: str, run_id: str) -> dict:
         return {"status": "unknown", "status-details": (out.stdout + out.stderr).strip()}
 
 
+def _hint_if_still_pending(connection: str, run_id: str, after: float = PENDING_HINT) -> None:
+    """In `after` seconds, one line on stderr if run `run_id` has still not started: a SuperLink
+    whose SuperExec is gone leaves every run pending, and `flwr run --stream` waits silently."""
+
+    def check() -> None:
+        status = str(_run_status(connection, run_id).get("status", ""))
+        if status in ("pending", "starting"):
+            print(
+                f"fedsim-deploy: run {run_id} is still {status} after {after:.0f} s: the SuperLink"
+                " has not started its ServerApp. Look for an error in the SuperLink's log (with"
+                " TLS, its certificate must also name 127.0.0.1: `fedsim-deploy certificates`"
+                " adds it); Ctrl-C stops following, `flwr stop` stops the run",
+                file=sys.stderr, flush=True,
+            )  # fmt: skip
+
+    timer = threading.Timer(after, check)
+    timer.daemon = True
+    timer.start()
+
+
 def run(
     superlink: str,
     overrides: Sequence[str],
@@ -218,7 +240,10 @@ def run(
             sys.stdout.write(line)
             sys.stdout.flush()
             found = re.search(r"Successfully started run (\d+)", line)
-            run_id = found.group(1) if found and run_id is None else run_id
+            if found and run_id is None:
+                run_id = found.group(1)
+                if stream:
+                    _hint_if_still_pending(connection, run_id)
         code = proc.wait()
     except KeyboardInterrupt:
         proc.terminate()

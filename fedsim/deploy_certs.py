@@ -1,5 +1,11 @@
 """TLS certificates for a test deployment: a self-signed CA and a SuperLink certificate it signs
-(`fedsim-deploy certificates <dir> --host <name or ip> ...`). For production use your own CA."""
+(`fedsim-deploy certificates <dir> --host <name or ip> ...`). For production use your own CA.
+
+The certificate always names 127.0.0.1 and localhost besides the given hosts: the SuperLink's own
+helpers (its SuperExec, which starts each run's ServerApp) reach its APIs over the loopback
+address with TLS, so a certificate for the machine's network address alone leaves every run
+pending (the SuperExec dies on `certificate is not valid for '127.0.0.1'`). A certificate from
+your own CA needs those names too."""
 
 from __future__ import annotations
 
@@ -8,7 +14,9 @@ import ipaddress
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["make_certificates"]
+__all__ = ["LOOPBACK", "make_certificates"]
+
+LOOPBACK = ("127.0.0.1", "localhost")  # the SuperLink's own helpers connect to it here
 
 
 def _name(common_name: str):
@@ -57,14 +65,16 @@ def make_certificates(
     directory: str | Path, hosts: Sequence[str] = ("127.0.0.1", "localhost"), days: int = 365
 ) -> dict[str, Path]:
     """Write `ca.pem`, `server.pem` and `server.key` to `directory` (the CA's key is not kept):
-    the server certificate is valid for each of `hosts` (IP addresses or DNS names). Returns the
-    three paths by name ("ca", "certfile", "keyfile")."""
+    the server certificate is valid for each of `hosts` (IP addresses or DNS names) and for
+    `LOOPBACK` (see the module docstring). Returns the three paths by name ("ca", "certfile",
+    "keyfile")."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
     if not hosts:
         raise ValueError("make_certificates needs at least one host name or IP address")
+    hosts = list(dict.fromkeys([*hosts, *LOOPBACK]))  # in order, each once
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["LocalDeployment", "deploy_command", "free_port"]
@@ -41,8 +42,10 @@ class LocalDeployment:
     SuperNode's process; `cold`: Flower's own per-message processes), TLS when `certificates`
     (a `fedsim-deploy certificates` directory) is given. `env`: the processes' environment
     (default: this one, with FLWR_HOME in `tmp`). Each node trains with its share of this host's
-    cores (`--threads`: cores // nodes, at least 1). Logs go to `tmp/<name>.log` (superlink,
-    node0, node1, ...)."""
+    cores (`--threads`: cores // nodes, at least 1). The SuperLink listens on `link_host` and the
+    SuperNodes and runs reach it at `connect_host`; `client_prefix` goes before their commands
+    (e.g. `ip netns exec NS`: another network, as another machine would be). Logs go to
+    `tmp/<name>.log` (superlink, node0, node1, ...)."""
 
     def __init__(
         self,
@@ -51,8 +54,12 @@ class LocalDeployment:
         certificates: str | Path | None = None,
         cold: bool = False,
         env: dict[str, str] | None = None,
+        link_host: str = "127.0.0.1",
+        connect_host: str = "127.0.0.1",
+        client_prefix: Sequence[str] = (),
     ) -> None:
         self.tmp, self.nodes, self.cold = Path(tmp), nodes, cold
+        self.link_host, self.client_prefix = link_host, list(client_prefix)
         self.threads = max(1, (os.cpu_count() or 1) // nodes)
         self.certs = Path(certificates) if certificates else None
         self.env = dict(env if env is not None else os.environ)
@@ -60,15 +67,15 @@ class LocalDeployment:
         self.env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
         self.env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
         self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.address = f"{connect_host}:{self.port}"
         self.outputs = self.tmp / "outputs"
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def _start(self, name: str, *args: str) -> None:
+    def _start(self, name: str, *args: str, prefix: Sequence[str] = ()) -> None:
         with (self.tmp / f"{name}.log").open("w") as log:
             self.procs[name] = subprocess.Popen(
-                deploy_command(*args), stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                cwd=self.tmp, start_new_session=True,
+                [*prefix, *deploy_command(*args)], stdout=log, stderr=subprocess.STDOUT,
+                env=self.env, cwd=self.tmp, start_new_session=True,
             )  # fmt: skip
 
     def log(self, name: str) -> str:
@@ -81,7 +88,8 @@ class LocalDeployment:
     def __enter__(self) -> LocalDeployment:
         self.tmp.mkdir(parents=True, exist_ok=True)
         try:
-            link = ["superlink", "--port", str(self.port), "--outputs", str(self.outputs)]
+            link = ["superlink", "--host", self.link_host, "--port", str(self.port)]
+            link += ["--outputs", str(self.outputs)]
             link += ["--certificates", str(self.certs)] if self.certs else []
             self._start("superlink", *link)
             for i in range(self.nodes):
@@ -89,7 +97,7 @@ class LocalDeployment:
                 node += ["--num-partitions", str(self.nodes), "--port", str(free_port())]
                 node += ["--threads", str(self.threads)]
                 node += [*self._tls(), *(["--cold"] if self.cold else [])]
-                self._start(f"node{i}", *node)
+                self._start(f"node{i}", *node, prefix=self.client_prefix)
             self._wait_ready()
         except BaseException:
             self.__exit__()
@@ -131,7 +139,8 @@ class LocalDeployment:
 
     def run_command(self, *overrides: str) -> list[str]:
         """The `fedsim-deploy run` command for these Hydra overrides."""
-        return deploy_command("run", "--superlink", self.address, *self._tls(), *overrides)
+        run = deploy_command("run", "--superlink", self.address, *self._tls(), *overrides)
+        return [*self.client_prefix, *run]
 
     def run(self, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
         """Run fedsim on this deployment; its exit code, stdout and stderr."""

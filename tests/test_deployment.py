@@ -1,13 +1,15 @@
 """Flower's deployment engine for real: a SuperLink and two SuperNodes on 127.0.0.1 as processes
 (`fedsim-deploy`), fedsim submitted with `fedsim-deploy run`, the round logs checked (scored with
 `audit=true`). Insecure, with TLS (certificates made here), with a SuperNode killed mid-round,
-and a failing ServerApp (nonzero exit). The processes run without the venv on PATH (the
+and a failing ServerApp (nonzero exit); and, as root, the SuperNodes and the run on a second
+network (a network namespace) with TLS. The processes run without the venv on PATH (the
 `flower-superexec` fix) and each SuperNode has its own Runtime API port.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -140,6 +142,69 @@ def test_a_supernode_killed_mid_round(tls, tmp_path):
     rlg = logs.attacks[logs.attacks["attack"] == "rlg"]
     assert sorted(rlg["client"]) == [0, 0] and rlg["f1"].notna().all()
     assert np.isfinite(logs.rounds["accuracy"]).all()
+
+
+@pytest.fixture
+def other_network():
+    """A Linux network namespace joined to this one by a veth pair: its own interfaces and
+    loopback, as another machine on the LAN has. Yields (this side's address, namespace name).
+    Needs root and iproute2; skipped otherwise."""
+    ip = shutil.which("ip") or "/usr/sbin/ip"
+    if os.geteuid() != 0 or not Path(ip).exists():
+        pytest.skip("needs root and iproute2 (`ip netns`) for a second network")
+    tag = os.getpid() % 100_000
+    ns, here, there = f"fedsim{tag}", f"fsh{tag}", f"fsn{tag}"
+    subnet = f"10.213.{tag % 250}"
+    steps = [
+        ["netns", "add", ns],
+        ["link", "add", here, "type", "veth", "peer", "name", there],
+        ["link", "set", there, "netns", ns],
+        ["addr", "add", f"{subnet}.1/24", "dev", here],
+        ["link", "set", here, "up"],
+        ["-n", ns, "addr", "add", f"{subnet}.2/24", "dev", there],
+        ["-n", ns, "link", "set", there, "up"],
+        ["-n", ns, "link", "set", "lo", "up"],
+    ]
+    try:
+        for step in steps:
+            done = subprocess.run([ip, *step], capture_output=True, text=True, check=False)
+            if done.returncode:
+                pytest.skip(f"cannot make a second network: ip {' '.join(step)}: {done.stderr}")
+        yield f"{subnet}.1", [ip, "netns", "exec", ns]
+    finally:
+        subprocess.run([ip, "link", "del", here], capture_output=True, check=False)
+        subprocess.run([ip, "netns", "del", ns], capture_output=True, check=False)
+
+
+def test_several_machines_with_tls(other_network, tmp_path):
+    """The README's commands for several machines: the SuperLink on 0.0.0.0 here, with a
+    certificate made for this side's network address only; the SuperNodes and `fedsim-deploy
+    run` on the other network, reaching it at that address. (Its own SuperExec reaches it over
+    127.0.0.1: `fedsim-deploy certificates` names the loopback too, or every run stays pending.)"""
+    from fedsim.deploy_certs import make_certificates
+
+    address, in_other_network = other_network
+    make_certificates(tmp_path / "certs", [address])
+    env = _env(tmp_path / "flwr_home")
+    with LocalDeployment(
+        tmp_path, 2, tmp_path / "certs", env=env, link_host="0.0.0.0", connect_host=address,
+        client_prefix=in_other_network,
+    ) as deployment:  # fmt: skip
+        result = deployment.run(*FAST, "fl.rounds=2", f"output={tmp_path / 'run'}")
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+        assert f"{address.rsplit('.', 1)[0]}.2" in deployment.log("superlink")  # from there
+    _check_scored_rounds(tmp_path / "run", 2)
+
+
+def test_certificates_name_the_loopback_too(tmp_path):
+    from cryptography import x509
+
+    from fedsim.deploy_certs import make_certificates
+
+    paths = make_certificates(tmp_path, ["10.1.2.3", "node.example"])
+    cert = x509.load_pem_x509_certificate(paths["certfile"].read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(n.value) for n in names] == ["10.1.2.3", "node.example", "127.0.0.1", "localhost"]
 
 
 def test_feedback_lines_name_the_device_and_count_replies(caplog):
