@@ -153,6 +153,7 @@ def _supernode(args: argparse.Namespace) -> None:
     import fedsim.client_app  # noqa: F401  (torch and fedsim imported once, before any message)
     from fedsim.deploy_clientapp import run_pending_tasks
     from fedsim.flower_waits import shorten_supernode
+    from fedsim.logging_setup import fedsim_lines_to
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -163,24 +164,12 @@ def _supernode(args: argparse.Namespace) -> None:
         + ("s" if threads != 1 else ""),
         flush=True,
     )
-    _log_fedsim_lines()
+    fedsim_lines_to(sys.stderr)  # the ClientApp's errors
     shorten_supernode(args.poll, on_message=run_pending_tasks)
     # Flower's Runtime API still listens (on --port), but no ClientApp process is started: the
     # SuperNode's loop runs each task itself (`fedsim.deploy_clientapp`).
     sys.argv = ["flower-supernode", *flower, "--isolation", "process", "--host", "127.0.0.1"]
     flower_supernode()
-
-
-def _log_fedsim_lines() -> None:
-    """fedsim's own log lines (the ClientApp's errors) on stderr, at `FEDSIM_LOG_LEVEL`."""
-    import logging
-
-    logger = logging.getLogger("fedsim")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(os.environ.get("FEDSIM_LOG_LEVEL", "INFO").upper())
 
 
 def _toml_string(text: str) -> str:

@@ -10,25 +10,22 @@ own NodeState: the same steps as Flower's Runtime API handlers (claim the task, 
 the message from the object store, run the ClientApp, store the reply and the node's context,
 finish the task), without the requests. The loop then pushes the reply at once.
 
-The client's exceptions become error replies, as with `flwr-clientapp` (exception type and
-message first, then the traceback); the task's heartbeat is acknowledged every 30 s while the
-ClientApp trains, so a long round is not taken for a crashed one. A run whose ClientApp is not
-fedsim's gets an error reply naming the fix (`--cold`: Flower's executor). What the separate
-process gave and this does not: a client that crashes the interpreter (a segfault, the OOM killer)
-takes its SuperNode with it; the SuperLink then treats the node as gone (see the README).
+The client's exceptions become error replies, as with `flwr-clientapp` (exception type and message
+first, then the traceback); the task's heartbeat is acknowledged while the ClientApp trains
+(Flower's sender, ~every 20 s), so a long round is not taken for a crashed one. A run whose
+ClientApp is not fedsim's gets an error reply naming the fix (`--cold`: Flower's executor). What the
+separate process gave and this does not: a client that crashes the interpreter (a segfault, the OOM
+killer) takes its SuperNode with it; the SuperLink then treats the node as gone (see the README).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-import traceback
 
-__all__ = ["FEDSIM_CLIENTAPP", "HEARTBEAT", "run_pending_tasks"]
+__all__ = ["FEDSIM_CLIENTAPP", "run_pending_tasks"]
 
 FEDSIM_CLIENTAPP = "fedsim.client_app:app"
-HEARTBEAT = 30.0  # seconds between acknowledgements of a running task (Flower's task TTL: 60 s)
 
 log = logging.getLogger("fedsim")
 
@@ -39,18 +36,7 @@ def _clientapp_of(fab_content: bytes) -> str:
     return str(get_fab_config(fab_content)["tool"]["flwr"]["app"]["components"]["clientapp"])
 
 
-def _error_reply(message, exc: BaseException):
-    from flwr.app import Error, Message
-    from flwr.common.constant import ErrorCode
-
-    reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    reason += "\n\n" + "".join(traceback.format_exception(exc)).strip()
-    return Message(
-        Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message
-    )
-
-
-def _take_message(state, object_store, run_id: int):
+def _take_message(state, run_id: int):
     """The run's stored message, inflated from the object store (whose copy is then released,
     as `ConfirmMessageReceived` releases it for a ClientApp process)."""
     from flwr.app import Message
@@ -62,12 +48,13 @@ def _take_message(state, object_store, run_id: int):
         raise RuntimeError(f"no message stored for run {run_id}")
     message_id = stored[0].metadata.message_id
     state.record_message_processing_start(message_id=message_id)
-    tree = object_store.get_object_tree(message_id)
-    contents = {t.object_id: object_store.get(t.object_id) for t in iterate_object_tree(tree)}
+    store = state.object_store
+    tree = store.get_object_tree(message_id)
+    contents = {t.object_id: store.get(t.object_id) for t in iterate_object_tree(tree)}
     missing = [oid for oid, content in contents.items() if not content]
     if missing:
         raise RuntimeError(f"message {message_id} lacks {len(missing)} of its objects")
-    object_store.delete(message_id)
+    store.delete(message_id)
     message = inflate_object_from_contents(message_id, contents)
     if not isinstance(message, Message):
         raise TypeError(f"stored object {message_id} is a {type(message).__name__}")
@@ -75,31 +62,19 @@ def _take_message(state, object_store, run_id: int):
     return message
 
 
-class _TaskHeartbeat:
-    """Acknowledges a running task in the NodeState every `HEARTBEAT` seconds until stopped."""
-
-    def __init__(self, state, task_id: int) -> None:
-        self._stop = threading.Event()
-
-        def beat() -> None:
-            while not self._stop.wait(HEARTBEAT):
-                state.acknowledge_task_heartbeat(task_id)
-
-        self._thread = threading.Thread(target=beat, daemon=True, name="fedsim-task-heartbeat")
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def _run_task(state, object_store, task) -> str:
+def _run_task(state, task) -> str:
     """Run one claimed ClientApp task; returns "ok" or "failed" (an error reply was stored)."""
     from flwr.common.constant import SubStatus
+    from flwr.supercore.heartbeat import HeartbeatSender
     from flwr.supernode.start_client_internal import _insert_message
 
+    from fedsim.errors import client_error_reply
+
     start = time.perf_counter()
-    heartbeat = _TaskHeartbeat(state, task.task_id)
+    # Flower fails a running task whose heartbeat stops for 60 s; a ClientApp process sends one
+    # every ~20 s with this sender, here acknowledged in the state directly.
+    heartbeat = HeartbeatSender(lambda: state.acknowledge_task_heartbeat(task.task_id))
+    heartbeat.start()
     message = reply = context = run = None
     status, details, outcome = SubStatus.FAILED, "ClientApp task failed", "failed"
     try:
@@ -112,7 +87,7 @@ def _run_task(state, object_store, task) -> str:
             raise RuntimeError(f"run {task.run_id}: the SuperNode has no context or app for it")
         if not state.activate_task(task_id=task.task_id):
             raise RuntimeError(f"task {task.task_id} of run {task.run_id} could not start")
-        message = _take_message(state, object_store, task.run_id)
+        message = _take_message(state, task.run_id)
         component = _clientapp_of(fab.content)
         if component != FEDSIM_CLIENTAPP:
             raise RuntimeError(
@@ -127,12 +102,12 @@ def _run_task(state, object_store, task) -> str:
         log.error("ClientApp raised %s: %s", type(exc).__name__, exc)
         details = f"{type(exc).__name__}: {exc}"
         if message is not None:
-            reply = _error_reply(message, exc)
+            reply = client_error_reply(message, exc)
     finally:
         heartbeat.stop()
         if reply is not None and message is not None:
             state.record_message_processing_end(message_id=message.metadata.message_id)
-            _insert_message(reply, state, object_store)
+            _insert_message(reply, state, state.object_store)
         state.finish_task(task_id=task.task_id, sub_status=status, details=details)
         if context is not None and run is not None:
             state.set_run_series_context(run.series_id, context)
@@ -140,9 +115,9 @@ def _run_task(state, object_store, task) -> str:
     return outcome
 
 
-def run_pending_tasks(state, object_store) -> list[str]:
+def run_pending_tasks(state) -> list[str]:
     """Claim and run, one after another, every pending ClientApp task in a SuperNode's
-    `state` (Flower's NodeState; `object_store` its ObjectStore); returns each task's outcome
+    `state` (Flower's NodeState, with its ObjectStore); returns each task's outcome
     ("ok" or "failed"). Called by the SuperNode's loop after it has stored a message."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.constant import TaskType
@@ -156,7 +131,7 @@ def run_pending_tasks(state, object_store) -> list[str]:
         if not claimed.HasField("task"):
             return outcomes
         try:
-            outcomes.append(_run_task(state, object_store, claimed.task))
+            outcomes.append(_run_task(state, claimed.task))
         except Exception:  # Flower's own bookkeeping failed: keep the SuperNode's loop alive
             log.exception("task %s of run %s", claimed.task.task_id, claimed.task.run_id)
             outcomes.append("failed")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+import traceback
 
-__all__ = ["error_headline", "plain_error"]
+__all__ = ["client_error_reply", "error_headline", "plain_error"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Timeout|Failure)\b.*")
@@ -33,3 +34,16 @@ def plain_error(text: str) -> str:
     clean = _ANSI.sub("", str(text)).strip()
     head = error_headline(clean)
     return head if clean == head else f"{head}\n\n{clean}"
+
+
+def client_error_reply(message, exc: BaseException, limit: int | None = None):
+    """The error reply (a Flower `Message`) to `message` for a ClientApp that raised `exc`, as
+    Flower's engines send one: its reason is "Type: message", a blank line, then the traceback
+    (`limit` frames at most)."""
+    from flwr.app import Error, Message
+    from flwr.common.constant import ErrorCode
+
+    head = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    trace = "".join(traceback.format_exception(exc, limit=limit)).strip()
+    error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{head}\n\n{trace}")
+    return Message(error, reply_to=message)

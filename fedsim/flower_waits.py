@@ -11,9 +11,8 @@ round (see the README's deployment timings). In the process that calls them:
 - `shorten_supernode(poll, on_message)` also replaces the SuperNode loop's sleeps: a wait on its
   own memory polls every `LOCAL` seconds, and an idle wait for the SuperLink is a `Backoff` from
   `FIRST` seconds doubling to `poll`, restarted whenever a message came or a reply went (the next
-  one is then likely soon); `on_message(state, object_store)` is called each time a message has
-  been stored, with the SuperNode's NodeState and ObjectStore (where the warm SuperNode runs the
-  ClientApp in-process).
+  one is then likely soon); `on_message(state)` is called each time a message has been stored,
+  with the SuperNode's NodeState (where the warm SuperNode runs the ClientApp in-process).
 
 The cost: an idle SuperNode asks the SuperLink for work every `poll` seconds instead of every 3 s.
 """
@@ -90,11 +89,9 @@ def shorten(poll: float = 0.1) -> None:
     _short_backoff(http_grid, "pull_objects", poll)
 
 
-def shorten_supernode(
-    poll: float = 0.1, on_message: Callable[[Any, Any], object] | None = None
-) -> None:
+def shorten_supernode(poll: float = 0.1, on_message: Callable[[Any], object] | None = None) -> None:
     """`shorten(poll)`, and the SuperNode loop's sleeps replaced (see the module docstring);
-    `on_message(state, object_store)` runs in the loop after each message the SuperNode has
+    `on_message(state)` runs in the loop after each message the SuperNode has
     pulled and stored, before the loop pushes the replies."""
     from flwr.supernode import start_client_internal as loop
 
@@ -111,7 +108,7 @@ def shorten_supernode(
         if run_id is not None:
             sleeps.idle.reset()
             if on_message is not None:
-                on_message(kwargs["state"], kwargs["object_store"])
+                on_message(kwargs["state"])
         return run_id
 
     @functools.wraps(push)

@@ -15,16 +15,16 @@ from __future__ import annotations
 import copy
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Iterable
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedsim.errors import client_error_reply
 from fedsim.progress import ReplyProgress
 from fedsim.run_control import raise_if_stopping
 
@@ -82,11 +82,7 @@ class InlineGrid(Grid):
         try:
             reply = self.client_app(message, context)
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
-            reply = Message(
-                Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason),
-                reply_to=message,
-            )
+            reply = client_error_reply(message, exc, limit=5)
         reply.metadata.__dict__["_message_id"] = str(uuid.uuid4())
         self._replies[message.metadata.message_id] = reply
 

@@ -246,18 +246,6 @@ def build_server_app(
     return app
 
 
-def _log_to_stdout() -> None:
-    """fedsim's lines (run directory, rounds, warnings) on stdout, which Flower's ServerApp
-    process forwards to `flwr run --stream` and `flwr log`; only where nothing else shows them
-    (no handler on fedsim's or the root logger: a Flower process, not Hydra or pytest)."""
-    if log.handlers or logging.getLogger().handlers:
-        return
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("[fedsim] %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-
-
 def _without_config_traceback(record: logging.LogRecord) -> bool:
     """Flower logs a failed ServerApp with its traceback; a fedsim config error has been said in
     one line already, so its record keeps the message and loses the traceback."""
@@ -294,10 +282,11 @@ def _deployed_main(grid: Grid, context: Context) -> None:
     from fedsim.deploy_packing import PackedGrid
     from fedsim.flower_waits import shorten
     from fedsim.inline_grid import InlineGrid
+    from fedsim.logging_setup import fedsim_lines_to
     from fedsim.progress import device_line
     from fedsim.simulation import check_buildable, saved_round, write_config
 
-    _log_to_stdout()
+    fedsim_lines_to(sys.stdout)  # Flower forwards it to `flwr run --stream` and `flwr log`
     shorten()
     overrides = shlex.split(str(context.run_config.get("overrides", "")))
     try:

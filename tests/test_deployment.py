@@ -352,11 +352,11 @@ def test_the_supernode_answers_a_stored_message_in_its_own_process(monkeypatch):
     as sent and the node's context, the task's heartbeat is acknowledged while it trains, its
     reply is stored for the loop to push (timed, as Flower times a ClientApp process), the
     context it changed is kept, the task is finished, and nothing is left to run."""
+    import flwr.supercore.heartbeat as heartbeat
     from flwr.app import ConfigRecord, Message, RecordDict
     from flwr.common.constant import Status, SubStatus
 
     import fedsim.client_app
-    import fedsim.deploy_clientapp
     from fedsim.deploy_clientapp import FEDSIM_CLIENTAPP, run_pending_tasks
 
     def app(message, context):
@@ -366,11 +366,18 @@ def test_the_supernode_answers_a_stored_message_in_its_own_process(monkeypatch):
         return Message(RecordDict({"config": ConfigRecord({"y": x * 10})}), reply_to=message)
 
     monkeypatch.setattr(fedsim.client_app, "app", app)
-    monkeypatch.setattr(fedsim.deploy_clientapp, "HEARTBEAT", 0.05)
+    # Flower's heartbeat sender, every (interval - call timeout) * ~0.8 s: here ~0.04 s.
+    monkeypatch.setattr(heartbeat, "HEARTBEAT_DEFAULT_INTERVAL", 0.1)
+    monkeypatch.setattr(heartbeat, "HEARTBEAT_CALL_TIMEOUT", 0.05)
     state, sent = _node_holding_a_message(FEDSIM_CLIENTAPP)
     beats, acknowledge = [], state.acknowledge_task_heartbeat
-    state.acknowledge_task_heartbeat = lambda task_id: beats.append(acknowledge(task_id))
-    assert run_pending_tasks(state, state.object_store) == ["ok"]
+
+    def counted(task_id: int) -> bool:
+        beats.append(acknowledge(task_id))
+        return beats[-1]
+
+    state.acknowledge_task_heartbeat = counted
+    assert run_pending_tasks(state) == ["ok"]
     assert len(beats) >= 3 and all(beats)  # each one extended the running task's claim
     (reply,) = state.get_messages_legacy(is_reply=True)
     assert reply.metadata.reply_to_message_id == sent.metadata.message_id
@@ -380,7 +387,7 @@ def test_the_supernode_answers_a_stored_message_in_its_own_process(monkeypatch):
     (task,) = state.get_tasks()
     assert (task.status.status, task.status.sub_status) == (Status.FINISHED, SubStatus.COMPLETED)
     assert state.get_run_series_context(0).state["seen"]["rounds"] == 1
-    assert run_pending_tasks(state, state.object_store) == []
+    assert run_pending_tasks(state) == []
 
 
 def test_the_supernode_replies_with_an_error_naming_the_fix():
@@ -391,7 +398,7 @@ def test_the_supernode_replies_with_an_error_naming_the_fix():
     from fedsim.deploy_clientapp import run_pending_tasks
 
     state, _ = _node_holding_a_message("other_project.client:app")
-    assert run_pending_tasks(state, state.object_store) == ["failed"]
+    assert run_pending_tasks(state) == ["failed"]
     (reply,) = state.get_messages_legacy(is_reply=True)
     assert reply.has_error() and "--cold" in reply.error.reason
     assert reply.error.reason.startswith("RuntimeError: this SuperNode runs only")
