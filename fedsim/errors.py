@@ -30,10 +30,11 @@ def error_headline(text: str) -> str:
 
 def plain_error(text: str) -> str:
     """`text` without ANSI colour codes, its headline (`error_headline`) first, then the full
-    text (a traceback, wrapper lines) after a blank line when there is more."""
+    text (a traceback, wrapper lines) after a blank line when there is more; a text that already
+    starts with its headline (`client_error_reply`'s) is kept as it is."""
     clean = _ANSI.sub("", str(text)).strip()
     head = error_headline(clean)
-    return head if clean == head else f"{head}\n\n{clean}"
+    return clean if clean.startswith(head) else f"{head}\n\n{clean}"
 
 
 def client_error_reply(message, exc: BaseException, limit: int | None = None):

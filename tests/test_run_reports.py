@@ -108,3 +108,9 @@ def test_client_errors_are_plain_text_with_the_exception_first():
     assert text.startswith("flwr.ClientAppException: boom\n\nray::ClientAppActor.run()")
     assert "\x1b" not in text
     assert plain_error("NameError: x") == "NameError: x"
+    # An error reply's reason (`client_error_reply`) starts with its headline: not repeated.
+    reason = (
+        "RuntimeError: client 1 crashed\n\nTraceback (most recent call last):\n"
+        '  File "x.py", line 1, in train\nRuntimeError: client 1 crashed'
+    )
+    assert plain_error(reason) == reason
